@@ -1,0 +1,91 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "cloudscan",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "cloudscan", targets: ["CloudScanCLI"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // Domain: scan lifecycle, severities, message contracts. No dependencies.
+        .target(name: "CloudScanCore"),
+
+        // System libraries: one per C library, only imported by its wrapper module.
+        .systemLibrary(
+            name: "CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]
+        ),
+        .systemLibrary(
+            name: "CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
+        .systemLibrary(
+            name: "CCurl",
+            pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]
+        ),
+
+        // Wrappers: the only modules that touch unsafe pointers.
+        .target(
+            name: "CloudScanPostgres",
+            dependencies: [
+                "CLibPQ",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "CloudScanAMQP",
+            dependencies: [
+                "CRabbitMQ",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "CloudScanHTTP",
+            dependencies: ["CCurl"]
+        ),
+
+        // The store: migrations, tenancy-scoped access to PostgreSQL.
+        .target(
+            name: "CloudScanStore",
+            dependencies: [
+                "CloudScanCore",
+                "CloudScanPostgres",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // The one executable, a subcommand per role.
+        .executableTarget(
+            name: "CloudScanCLI",
+            dependencies: [
+                "CloudScanCore",
+                "CloudScanPostgres",
+                "CloudScanAMQP",
+                "CloudScanStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore"]),
+        .testTarget(
+            name: "CloudScanPostgresTests",
+            dependencies: ["CloudScanPostgres", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
+            name: "CloudScanStoreTests",
+            dependencies: [
+                "CloudScanStore", "CloudScanPostgres", "CloudScanCore",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+    ]
+)

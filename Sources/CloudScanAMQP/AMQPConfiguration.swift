@@ -1,0 +1,70 @@
+import Foundation
+
+/// How to reach the broker.
+public struct AMQPConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    public var virtualHost: String
+    public var user: String
+    /// A secret: never printed by `description`.
+    public var password: String
+    /// Requested heartbeat in seconds (rabbitmq-c's default is 0, off).
+    public var heartbeatSeconds: Int
+    /// Bound on the TCP connect and the AMQP handshake.
+    public var connectTimeout: Duration
+
+    /// Explicit settings.
+    public init(
+        host: String = "127.0.0.1", port: Int = 5672, virtualHost: String = "/", user: String = "guest",
+        password: String = "guest", heartbeatSeconds: Int = 30, connectTimeout: Duration = .seconds(10)
+    ) {
+        self.host = host
+        self.port = port
+        self.virtualHost = virtualHost
+        self.user = user
+        self.password = password
+        self.heartbeatSeconds = heartbeatSeconds
+        self.connectTimeout = connectTimeout
+    }
+
+    /// Parses `amqp://user:password@host:port/vhost` (the vhost percent-encoded; an empty path is "/").
+    public init(url text: String) throws {
+        guard let components = URLComponents(string: text), components.scheme == "amqp" else {
+            throw AMQPError(code: .invalidConfiguration, message: "broker URL must look like amqp://user:password@host:port/vhost")
+        }
+        self.init()
+        host = components.host ?? host
+        port = components.port ?? 5672
+        user = components.user.flatMap { $0.removingPercentEncoding } ?? user
+        password = components.password.flatMap { $0.removingPercentEncoding } ?? password
+        let path = components.percentEncodedPath
+        if path.count > 1 {
+            virtualHost = String(path.dropFirst()).removingPercentEncoding ?? String(path.dropFirst())
+        }
+    }
+}
+
+extension AMQPConfiguration: CustomStringConvertible {
+    public var description: String {
+        "AMQPConfiguration(host: \(host), port: \(port), virtualHost: \(virtualHost), user: \(user), password: <redacted>)"
+    }
+}
+
+/// An error from the AMQP module.
+public struct AMQPError: Error, CustomStringConvertible, Sendable {
+    /// What kind of failure this is.
+    public struct Code: RawRepresentable, Hashable, Sendable {
+        public var rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public static let invalidConfiguration = Code(rawValue: "invalidConfiguration")
+        public static let connectionFailed = Code(rawValue: "connectionFailed")
+        public static let loginFailed = Code(rawValue: "loginFailed")
+    }
+    public var code: Code
+    public var message: String
+    public init(code: Code, message: String) {
+        self.code = code
+        self.message = message
+    }
+    public var description: String { "AMQPError(code: \(code.rawValue), message: \(message))" }
+}

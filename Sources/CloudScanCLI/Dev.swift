@@ -1,0 +1,37 @@
+import ArgumentParser
+import CloudScanAMQP
+import CloudScanPostgres
+import CloudScanStore
+import Foundation
+
+/// `cloudscan dev`: every role in one process, for one machine.
+struct Dev: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the whole fleet in one process (local process job backend).")
+
+    @OptionGroup var database: DatabaseOptions
+    @Option(help: "The Migrations directory (env MIGRATIONS_DIR).") var migrations: String?
+    @Option(name: .customLong("amqp-url"), help: "amqp:// URL of the broker (env AMQP_URL).") var amqpURL: String?
+    @Flag(help: "Check the servers and migrate, then exit.") var check = false
+
+    func run() async throws {
+        let logger = try database.makeLogger(label: "cloudscan.dev")
+        let configuration = database.postgresConfiguration(applicationName: "cloudscan-dev")
+        let client = PostgresClient(configuration: configuration, logger: logger)
+        defer { _ = client }
+        let migrator = Migrator(
+            client: client, migrations: try Migration.load(directory: try locateMigrations(migrations)), logger: logger)
+        let applied = try await migrator.up()
+        try await PartitionMaintenance(client: client).ensureAhead()
+        logger.info("schema ready", metadata: ["applied": "\(applied)"])
+
+        let broker = try AMQPConfiguration(
+            url: amqpURL ?? ProcessInfo.processInfo.environment["AMQP_URL"] ?? "amqp://cloudscan:cloudscan@127.0.0.1:5672/cloudscan")
+        let server = try await AMQPProbe.serverProperties(broker)
+        logger.info("broker reachable", metadata: ["product": "\(server["product"] ?? "?")", "version": "\(server["version"] ?? "?")"])
+        await client.shutdown()
+        if check { return }
+        logger.notice("cloudscan dev is up; roles beyond migrate are not built yet (see NOTES.md). Ctrl-C to stop.")
+        while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
+    }
+}

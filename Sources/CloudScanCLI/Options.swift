@@ -1,0 +1,55 @@
+import ArgumentParser
+import CloudScanPostgres
+import Foundation
+import Logging
+
+/// Options every role shares: where PostgreSQL is and how to log.
+struct DatabaseOptions: ParsableArguments {
+    @Option(name: .customLong("database-url"), help: "postgresql:// URL (env DATABASE_URL; DB_* and PG* also apply).")
+    var databaseURL: String?
+
+    @Option(help: "search_path for every session (env DB_SCHEMA).")
+    var schema: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env LOG_LEVEL).")
+    var logLevel: String?
+
+    /// flags > environment > defaults.
+    func postgresConfiguration(
+        environment: [String: String] = ProcessInfo.processInfo.environment, applicationName: String
+    ) -> PostgresConfiguration {
+        var configuration = PostgresConfiguration(environment: environment, applicationName: applicationName)
+        if let databaseURL { configuration.connectionString = databaseURL }
+        configuration.searchPath = schema ?? environment["DB_SCHEMA"]
+        return configuration
+    }
+
+    func makeLogger(label: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws
+        -> Logger
+    {
+        let text = logLevel ?? environment["LOG_LEVEL"] ?? "info"
+        guard let level = Logger.Level(rawValue: text) else {
+            throw ValidationError("log level '\(text)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
+/// Where the Migrations/ directory is: the flag, then MIGRATIONS_DIR, then ./Migrations, then the
+/// one beside the build folder the binary runs from.
+func locateMigrations(_ flag: String?) throws -> URL {
+    let environment = ProcessInfo.processInfo.environment
+    if let path = flag ?? environment["MIGRATIONS_DIR"] { return URL(fileURLWithPath: path) }
+    var candidates = [URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("Migrations")]
+    var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    for _ in 0..<5 {
+        candidates.append(directory.appendingPathComponent("Migrations"))
+        directory = directory.deletingLastPathComponent()
+    }
+    guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0.path) }) else {
+        throw ValidationError("no Migrations directory found; pass --migrations DIR or set MIGRATIONS_DIR")
+    }
+    return found
+}

@@ -1,0 +1,51 @@
+/// Writes rows in COPY's text format (tab-separated, `\N` for NULL) and sends them to the server in
+/// chunks. Handed to the body of ``PostgresConnection/copyFrom(_:_:)``.
+public struct PostgresCopyWriter {
+    private var buffer: [UInt8] = []
+    private let send: ([UInt8]) throws -> Void
+    /// Bytes buffered before a chunk is sent.
+    static let chunkSize = 256 * 1024
+    /// Rows written so far.
+    public private(set) var rowsWritten = 0
+
+    init(send: @escaping ([UInt8]) throws -> Void) {
+        self.send = send
+        buffer.reserveCapacity(Self.chunkSize + 4096)
+    }
+
+    /// Writes one row; nil fields are NULL.
+    public mutating func writeRow(_ fields: [(any PostgresEncodable)?]) throws {
+        for (index, field) in fields.enumerated() {
+            if index > 0 { buffer.append(0x09) }
+            if let field { appendEscaped(field.postgresText) } else { buffer.append(contentsOf: [0x5C, 0x4E]) }
+        }
+        buffer.append(0x0A)
+        rowsWritten += 1
+        if buffer.count >= Self.chunkSize { try flush() }
+    }
+
+    /// Writes text that is already in COPY's text format (whole rows, each ending in a newline).
+    public mutating func writeRaw(_ text: String) throws {
+        buffer.append(contentsOf: text.utf8)
+        if buffer.count >= Self.chunkSize { try flush() }
+    }
+
+    /// Sends what is buffered.
+    public mutating func flush() throws {
+        guard !buffer.isEmpty else { return }
+        try send(buffer)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    private mutating func appendEscaped(_ text: String) {
+        for byte in text.utf8 {
+            switch byte {
+            case 0x5C: buffer.append(contentsOf: [0x5C, 0x5C])  // backslash
+            case 0x09: buffer.append(contentsOf: [0x5C, 0x74])  // \t
+            case 0x0A: buffer.append(contentsOf: [0x5C, 0x6E])  // \n
+            case 0x0D: buffer.append(contentsOf: [0x5C, 0x72])  // \r
+            default: buffer.append(byte)
+            }
+        }
+    }
+}
