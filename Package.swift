@@ -75,15 +75,23 @@ let package = Package(
             ]
         ),
 
+        // Shared by the test targets: a schema per test on the live servers the scripts start.
+        .target(
+            name: "CloudScanTestSupport",
+            dependencies: ["CloudScanPostgres", "CloudScanStore", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/CloudScanTestSupport"
+        ),
         .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore"]),
         .testTarget(
             name: "CloudScanPostgresTests",
-            dependencies: ["CloudScanPostgres", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "CloudScanPostgres", "CloudScanTestSupport", .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "CloudScanStoreTests",
             dependencies: [
-                "CloudScanStore", "CloudScanPostgres", "CloudScanCore",
+                "CloudScanStore", "CloudScanPostgres", "CloudScanCore", "CloudScanTestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

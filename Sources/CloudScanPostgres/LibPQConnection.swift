@@ -52,8 +52,13 @@ final class LibPQConnection {
     /// connection is still usable. A server restart shows here as EOF.
     func checkAlive() -> Bool {
         guard let handle, PQstatus(handle) == CONNECTION_OK else { return false }
-        guard PQconsumeInput(handle) == 1 else { return false }
-        while let notify = PQnotifies(handle) { PQfreemem(notify) }
+        // Read until nothing more is waiting: a shutting-down server sends a notice, then EOF.
+        var rounds = 0
+        repeat {
+            guard PQconsumeInput(handle) == 1, PQstatus(handle) == CONNECTION_OK else { return false }
+            while let notify = PQnotifies(handle) { PQfreemem(notify) }
+            rounds += 1
+        } while rounds < 16 && cloudscan_pq_wait_readable(handle, 0) > 0
         return PQstatus(handle) == CONNECTION_OK
     }
 

@@ -194,7 +194,9 @@ extension PostgresConnection {
             }
             return result
         } catch {
-            _ = try? await run(ignoringCancellation: true) { try $0.executeScript("ROLLBACK") }
+            _ = try? await run(ignoringCancellation: true) { raw in
+                if !raw.isIdleOutsideTransaction { _ = try raw.executeScript("ROLLBACK") }
+            }
             throw error
         }
     }

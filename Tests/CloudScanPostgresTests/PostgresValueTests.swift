@@ -1,0 +1,69 @@
+import Foundation
+import Testing
+
+@testable import CloudScanPostgres
+
+@Suite("Text-format values")
+struct PostgresValueTests {
+    @Test("array literals round-trip, including quotes, backslashes, commas and empty strings")
+    func arrayLiteral() {
+        let values = ["a", "b c", "q\"uote", "back\\slash", "x,y", "", "{}"]
+        let text = PostgresArrayLiteral.format(values)
+        #expect(PostgresArrayLiteral.parse(text) == values)
+        #expect(PostgresArrayLiteral.parse("{}") == [])
+        #expect(PostgresArrayLiteral.parse("{sast,secrets}") == ["sast", "secrets"])
+        #expect(PostgresArrayLiteral.parse("{a,NULL}") == nil)
+        #expect(PostgresArrayLiteral.parse("not an array") == nil)
+    }
+
+    @Test("timestamps: the ISO output style parses, with offsets and fractions")
+    func timestamps() throws {
+        let date = Date(timeIntervalSince1970: 1_764_295_753.250_000)
+        #expect(PostgresTimestamp.format(date) == "2025-11-28 02:09:13.250000+00")
+        #expect(PostgresTimestamp.parse("2025-11-28 02:09:13.25+00") == date)
+        #expect(PostgresTimestamp.parse("2025-11-28 04:09:13.25+02") == date)
+        #expect(PostgresTimestamp.parse("2025-11-28 01:39:13.25-00:30") == date)
+        #expect(PostgresTimestamp.parse("2025-11-28 02:09:13+00") == Date(timeIntervalSince1970: 1_764_295_753))
+        #expect(PostgresTimestamp.parse("yesterday") == nil)
+    }
+
+    @Test("interpolation binds values as parameters, never as SQL text")
+    func interpolationBinds() {
+        let hostile = "'; DROP TABLE scans; --"
+        let limit = 10
+        let query: PostgresQuery = "SELECT * FROM scans WHERE name = \(hostile) LIMIT \(limit)"
+        #expect(query.sql == "SELECT * FROM scans WHERE name = $1 LIMIT $2")
+        #expect(query.binds.map(\.text) == [hostile, "10"])
+        #expect(!query.description.contains("DROP"))
+        let ident: PostgresQuery = "CREATE SCHEMA \(identifier: "we\"ird")"
+        #expect(ident.sql == "CREATE SCHEMA \"we\"\"ird\"")
+    }
+
+    @Test("the seed's DB_* variables configure the connection; the password is never printed")
+    func environmentConfiguration() {
+        let configuration = PostgresConfiguration(environment: [
+            "DB_HOST": "db.internal", "DB_PORT": "6543", "DB_NAME": "scans", "DB_USER": "svc", "DB_PASSWORD": "hunter2",
+            "DB_SSLMODE": "verify-full",
+        ])
+        let parameters = Dictionary(configuration.libpqParameters, uniquingKeysWith: { $1 })
+        #expect(parameters["host"] == "db.internal")
+        #expect(parameters["port"] == "6543")
+        #expect(parameters["dbname"] == "scans")
+        #expect(parameters["user"] == "svc")
+        #expect(parameters["password"] == "hunter2")
+        #expect(parameters["sslmode"] == "verify-full")
+        #expect(!configuration.description.contains("hunter2"))
+        // Unset values are left to libpq (which reads PG* variables).
+        let empty = Dictionary(PostgresConfiguration(environment: [:]).libpqParameters, uniquingKeysWith: { $1 })
+        #expect(empty["host"] == nil && empty["user"] == nil && empty["password"] == nil)
+    }
+
+    @Test("search_path and statement_timeout reach the session options, escaped")
+    func sessionOptions() {
+        var configuration = PostgresConfiguration()
+        configuration.searchPath = "tenant one"
+        configuration.statementTimeout = .milliseconds(1500)
+        #expect(configuration.sessionOptions.contains("-c search_path=tenant\\ one"))
+        #expect(configuration.sessionOptions.contains("-c statement_timeout=1500"))
+    }
+}
