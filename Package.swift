@@ -5,7 +5,8 @@ let package = Package(
     name: "cloudscan",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "cloudscan", targets: ["CloudScanCLI"])
+        .executable(name: "cloudscan", targets: ["CloudScanCLI"]),
+        .executable(name: "cloudscan-bench", targets: ["CloudScanBenchmarks"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -70,6 +71,16 @@ let package = Package(
                 "CloudScanPostgres",
                 "CloudScanAMQP",
                 "CloudScanStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // Benchmarks: scripts/bench-* drive this and print figures.
+        .executableTarget(
+            name: "CloudScanBenchmarks",
+            dependencies: [
+                "CloudScanPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -30,7 +30,8 @@ public struct AMQPConfiguration: Sendable {
     /// Parses `amqp://user:password@host:port/vhost` (the vhost percent-encoded; an empty path is "/").
     public init(url text: String) throws {
         guard let components = URLComponents(string: text), components.scheme == "amqp" else {
-            throw AMQPError(code: .invalidConfiguration, message: "broker URL must look like amqp://user:password@host:port/vhost")
+            throw AMQPError(
+                code: .invalidConfiguration, message: "broker URL must look like amqp://user:password@host:port/vhost")
         }
         self.init()
         host = components.host ?? host

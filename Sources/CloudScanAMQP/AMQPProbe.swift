@@ -28,14 +28,18 @@ public enum AMQPProbe {
         guard opened == AMQP_STATUS_OK.rawValue else {
             throw AMQPError(
                 code: .connectionFailed,
-                message: "cannot connect to \(configuration.host):\(configuration.port): \(String(cString: amqp_error_string2(opened)))")
+                message:
+                    "cannot connect to \(configuration.host):\(configuration.port): \(String(cString: amqp_error_string2(opened)))"
+            )
         }
         amqp_set_handshake_timeout(state, &timeout)
         let reply = cloudscan_amqp_login_plain(
             state, configuration.virtualHost, 0, 131_072, Int32(configuration.heartbeatSeconds), nil,
             configuration.user, configuration.password)
         guard reply.reply_type == AMQP_RESPONSE_NORMAL else {
-            throw AMQPError(code: .loginFailed, message: "login to vhost \(configuration.virtualHost) as \(configuration.user) refused")
+            throw AMQPError(
+                code: .loginFailed,
+                message: "login to vhost \(configuration.virtualHost) as \(configuration.user) refused")
         }
         var properties: [String: String] = [:]
         if let table = amqp_get_server_properties(state) {

@@ -26,9 +26,12 @@ struct Dev: AsyncParsableCommand {
         logger.info("schema ready", metadata: ["applied": "\(applied)"])
 
         let broker = try AMQPConfiguration(
-            url: amqpURL ?? ProcessInfo.processInfo.environment["AMQP_URL"] ?? "amqp://cloudscan:cloudscan@127.0.0.1:5672/cloudscan")
+            url: amqpURL ?? ProcessInfo.processInfo.environment["AMQP_URL"]
+                ?? "amqp://cloudscan:cloudscan@127.0.0.1:5672/cloudscan")
         let server = try await AMQPProbe.serverProperties(broker)
-        logger.info("broker reachable", metadata: ["product": "\(server["product"] ?? "?")", "version": "\(server["version"] ?? "?")"])
+        logger.info(
+            "broker reachable",
+            metadata: ["product": "\(server["product"] ?? "?")", "version": "\(server["version"] ?? "?")"])
         await client.shutdown()
         if check { return }
         logger.notice("cloudscan dev is up; roles beyond migrate are not built yet (see NOTES.md). Ctrl-C to stop.")

@@ -57,7 +57,9 @@ struct Migrate: AsyncParsableCommand {
         func run() async throws {
             try await common.withMigrator { migrator, _ in
                 let reverted = try await migrator.down(steps: steps)
-                print(reverted.isEmpty ? "nothing to revert" : "reverted \(reverted.map(String.init).joined(separator: ", "))")
+                print(
+                    reverted.isEmpty
+                        ? "nothing to revert" : "reverted \(reverted.map(String.init).joined(separator: ", "))")
             }
         }
     }
@@ -73,7 +75,9 @@ struct Migrate: AsyncParsableCommand {
                     let applied = row.appliedAt.map { "\($0)" } ?? "pending"
                     let name = row.name.padding(toLength: 30, withPad: " ", startingAt: 0)
                     let version = String(format: "%04d", row.version)
-                    print("\(version)     \(name) \(applied.padding(toLength: 26, withPad: " ", startingAt: 0)) \(row.checksumMatches ? "ok" : "CHANGED")")
+                    print(
+                        "\(version)     \(name) \(applied.padding(toLength: 26, withPad: " ", startingAt: 0)) \(row.checksumMatches ? "ok" : "CHANGED")"
+                    )
                 }
             }
         }

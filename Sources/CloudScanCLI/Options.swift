@@ -29,7 +29,8 @@ struct DatabaseOptions: ParsableArguments {
     {
         let text = logLevel ?? environment["LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: text) else {
-            throw ValidationError("log level '\(text)' is not one of trace, debug, info, notice, warning, error, critical")
+            throw ValidationError(
+                "log level '\(text)' is not one of trace, debug, info, notice, warning, error, critical")
         }
         var logger = Logger(label: label)
         logger.logLevel = level
@@ -42,7 +43,9 @@ struct DatabaseOptions: ParsableArguments {
 func locateMigrations(_ flag: String?) throws -> URL {
     let environment = ProcessInfo.processInfo.environment
     if let path = flag ?? environment["MIGRATIONS_DIR"] { return URL(fileURLWithPath: path) }
-    var candidates = [URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("Migrations")]
+    var candidates = [
+        URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("Migrations")
+    ]
     var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
     for _ in 0..<5 {
         candidates.append(directory.appendingPathComponent("Migrations"))

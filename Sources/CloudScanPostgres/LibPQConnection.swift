@@ -102,7 +102,8 @@ final class LibPQConnection {
         }
         if let firstError { throw firstError }
         if PQstatus(handle) != CONNECTION_OK { throw connectionError(sql: sql) }
-        return last ?? PostgresRows(columns: [], columnTypes: [], values: [], rowCount: 0, commandTag: "", affectedRows: 0)
+        return last
+            ?? PostgresRows(columns: [], columnTypes: [], values: [], rowCount: 0, commandTag: "", affectedRows: 0)
     }
 
     // MARK: COPY
@@ -135,7 +136,9 @@ final class LibPQConnection {
         var copied = 0
         var firstError: Error?
         while let result = PQgetResult(handle) {
-            do { copied = try consume(result, sql: sql).affectedRows } catch { if firstError == nil { firstError = error } }
+            do { copied = try consume(result, sql: sql).affectedRows } catch {
+                if firstError == nil { firstError = error }
+            }
         }
         if let firstError { throw firstError }
         return copied
@@ -244,12 +247,15 @@ final class LibPQConnection {
         }
         return PostgresError(
             code: code, sqlState: sqlState, message: field(UInt8(ascii: "M")) ?? "unknown server error",
-            serverDetail: field(UInt8(ascii: "D")), hint: field(UInt8(ascii: "H")), constraint: field(UInt8(ascii: "n")),
+            serverDetail: field(UInt8(ascii: "D")), hint: field(UInt8(ascii: "H")),
+            constraint: field(UInt8(ascii: "n")),
             query: sql)
     }
 
     private func connectionError(sql: String?) -> PostgresError {
-        guard let handle else { return PostgresError(code: .connectionClosed, message: "connection is closed", query: sql) }
+        guard let handle else {
+            return PostgresError(code: .connectionClosed, message: "connection is closed", query: sql)
+        }
         return PostgresError(
             code: PQstatus(handle) == CONNECTION_OK ? .server : .connectionClosed,
             message: Self.errorMessage(handle), query: sql)

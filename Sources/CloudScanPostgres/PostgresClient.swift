@@ -32,7 +32,8 @@ public final class PostgresClient: Sendable {
     public init(configuration: PostgresConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
-        self.state = Mutex(State(machine: ConnectionPoolStateMachine(maximumConnections: configuration.maximumConnections)))
+        self.state = Mutex(
+            State(machine: ConnectionPoolStateMachine(maximumConnections: configuration.maximumConnections)))
     }
 
     // MARK: Leasing
@@ -92,7 +93,8 @@ public final class PostgresClient: Sendable {
             switch try await ticket() {
             case .connection(let connection):
                 if await connection.checkAlive() { return connection }
-                logger.debug("discarding a broken idle PostgreSQL session", metadata: ["connection": "\(connection.id)"])
+                logger.debug(
+                    "discarding a broken idle PostgreSQL session", metadata: ["connection": "\(connection.id)"])
                 await connection.close()
                 freeSlot()
             case .open:
@@ -143,7 +145,10 @@ public final class PostgresClient: Sendable {
             freeSlot()
             return
         }
-        let action = state.withLock { state -> (ConnectionPoolStateMachine<PostgresConnection, Int>.ReleaseAction, CheckedContinuation<Ticket, Error>?) in
+        let action = state.withLock {
+            state -> (
+                ConnectionPoolStateMachine<PostgresConnection, Int>.ReleaseAction, CheckedContinuation<Ticket, Error>?
+            ) in
             let action = state.machine.release(connection)
             if case .handOver(_, let waiter) = action {
                 return (action, state.continuations.removeValue(forKey: waiter))
@@ -190,7 +195,8 @@ extension PostgresConnection {
             let commit = try await run(ignoringCancellation: true) { try $0.executeScript("COMMIT") }
             guard commit.commandTag == "COMMIT" else {
                 throw PostgresError(
-                    code: .commitFailed, message: "COMMIT answered \(commit.commandTag): the transaction was rolled back")
+                    code: .commitFailed,
+                    message: "COMMIT answered \(commit.commandTag): the transaction was rolled back")
             }
             return result
         } catch {

@@ -81,7 +81,9 @@ public struct PostgresConfiguration: Sendable {
             "-c DateStyle=ISO,YMD", "-c TimeZone=UTC", "-c IntervalStyle=iso_8601", "-c client_min_messages=warning",
         ]
         if let statementTimeout {
-            let ms = statementTimeout.components.seconds * 1000 + statementTimeout.components.attoseconds / 1_000_000_000_000_000
+            let ms =
+                statementTimeout.components.seconds * 1000 + statementTimeout.components.attoseconds
+                / 1_000_000_000_000_000
             options.append("-c statement_timeout=\(ms)")
         }
         if let searchPath {

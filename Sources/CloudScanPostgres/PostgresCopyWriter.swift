@@ -30,6 +30,17 @@ public struct PostgresCopyWriter {
         if buffer.count >= Self.chunkSize { try flush() }
     }
 
+    /// Writes bytes that are already in COPY's text format (whole rows, each ending in a newline).
+    public mutating func writeRaw<Bytes: Sequence>(bytes: Bytes) throws where Bytes.Element == UInt8 {
+        buffer.append(contentsOf: bytes)
+        if buffer.count >= Self.chunkSize { try flush() }
+    }
+
+    /// A writer whose chunks go to `sink` instead of a server (to prepare COPY files).
+    public static func forFile(_ sink: @escaping ([UInt8]) throws -> Void) -> PostgresCopyWriter {
+        PostgresCopyWriter(send: sink)
+    }
+
     /// Sends what is buffered.
     public mutating func flush() throws {
         guard !buffer.isEmpty else { return }

@@ -68,11 +68,13 @@ public enum MigrationError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .malformedFileName(let file): return "migration file \(file) is not named NNNN_name.up.sql or NNNN_name.down.sql"
+        case .malformedFileName(let file):
+            return "migration file \(file) is not named NNNN_name.up.sql or NNNN_name.down.sql"
         case .duplicateVersion(let v): return "migration version \(v) appears twice"
         case .downWithoutUp(let v): return "migration \(v) has a .down.sql but no .up.sql"
         case .checksumMismatch(let v, let name):
-            return "migration \(v)_\(name) was changed after it was applied; refusing to continue (write a new migration instead)"
+            return
+                "migration \(v)_\(name) was changed after it was applied; refusing to continue (write a new migration instead)"
         case .unknownAppliedVersion(let v):
             return "the database has migration \(v) applied, which this build does not know; refusing to continue"
         case .irreversible(let v, let name): return "migration \(v)_\(name) has no .down.sql"

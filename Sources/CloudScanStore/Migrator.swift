@@ -43,7 +43,8 @@ public struct Migrator: Sendable {
                         VALUES (\(migration.version), \(migration.name), \(checksum))
                         """)
                 }
-                logger.info("applied migration", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
+                logger.info(
+                    "applied migration", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
                 done.append(migration.version)
             }
             return done
@@ -108,7 +109,8 @@ public struct Migrator: Sendable {
                     )
                     """)
                 let result = try await body(connection)
-                try await connection.query("SELECT pg_advisory_unlock(hashtext('cloudscan.migrate.' || current_schema()))")
+                try await connection.query(
+                    "SELECT pg_advisory_unlock(hashtext('cloudscan.migrate.' || current_schema()))")
                 return result
             } catch {
                 _ = try? await connection.query(

@@ -19,7 +19,8 @@ struct ScanStateMachineTests {
     @Test("final states never move, late and duplicate events are ignored")
     func finalStatesAreFinal() {
         for state in ScanStatus.allCases where state.isFinal {
-            for event in [ScanStateMachine.Event.dispatched, .started, .completed, .failed, .retryScheduled, .canceled] {
+            for event in [ScanStateMachine.Event.dispatched, .started, .completed, .failed, .retryScheduled, .canceled]
+            {
                 #expect(ScanStateMachine.transition(from: state, event: event) == nil, "\(state) + \(event)")
             }
         }

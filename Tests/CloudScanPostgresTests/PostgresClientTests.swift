@@ -234,7 +234,10 @@ struct PostgresClientTests {
                 #expect(try row.decode(Bool.self, at: 2) == true)
                 #expect(try row.decode(Int.self, at: 3) == Int.max)
                 #expect(try row.decode([String].self, at: 4) == tags)
-                #expect(try row.decode(PostgresJSONB.self, at: 5).decode([String: String].self) == ["rule": "S101", "severity": "high"])
+                #expect(
+                    try row.decode(PostgresJSONB.self, at: 5).decode([String: String].self) == [
+                        "rule": "S101", "severity": "high",
+                    ])
                 #expect(try row.decode(String?.self, at: 6) == nil)
                 #expect(throws: PostgresError.self) { try row.decode(String.self, at: 6) }
                 #expect(try row.decode(String.self, at: 7) == "ünïcödé ✓")
@@ -249,7 +252,9 @@ struct PostgresClientTests {
         try await TestDatabase.withSchema("errors") { db in
             try await TestDatabase.withClient(db.ownerConfiguration(maximumConnections: 1)) { client in
                 let secret = "tok-5ecr3t-\(UUID().uuidString)"
-                let syntax = await #expect(throws: PostgresError.self) { try await client.query("SELECT \(secret)::uuid") }
+                let syntax = await #expect(throws: PostgresError.self) {
+                    try await client.query("SELECT \(secret)::uuid")
+                }
                 #expect(syntax?.sqlState == "22P02")
                 #expect(syntax.map { !"\($0)".contains(secret) } == true)
                 #expect(syntax?.message.contains(secret) == true, "the raw message stays available to code")

@@ -17,11 +17,13 @@ struct MigratorTests {
     func upDownUp() async throws {
         try await TestDatabase.withSchema("mig") { db in
             try await TestDatabase.withClient(db.ownerConfiguration(maximumConnections: 1)) { client in
-                let migrator = Migrator(client: client, migrations: try TestDatabase.migrations(), logger: TestDatabase.logger("t"))
+                let migrator = Migrator(
+                    client: client, migrations: try TestDatabase.migrations(), logger: TestDatabase.logger("t"))
                 let all = try TestDatabase.migrations().map(\.version)
                 #expect(try await migrator.up() == all)
                 let afterUp = try await tables(client)
-                #expect(afterUp.isSuperset(of: ["organizations", "projects", "scans", "findings", "scan_events", "outbox"]))
+                #expect(
+                    afterUp.isSuperset(of: ["organizations", "projects", "scans", "findings", "scan_events", "outbox"]))
                 #expect(try await migrator.up() == [], "a second up applies nothing")
 
                 #expect(try await migrator.down(steps: all.count) == all.reversed())
@@ -42,7 +44,7 @@ struct MigratorTests {
         try await TestDatabase.withSchema("migsum") { db in
             try await TestDatabase.withClient(db.ownerConfiguration(maximumConnections: 1)) { client in
                 let original = [
-                    Migration(version: 1, name: "one", up: "CREATE TABLE one (id int)", down: "DROP TABLE one"),
+                    Migration(version: 1, name: "one", up: "CREATE TABLE one (id int)", down: "DROP TABLE one")
                 ]
                 try await Migrator(client: client, migrations: original, logger: TestDatabase.logger("t")).up()
 
@@ -50,7 +52,9 @@ struct MigratorTests {
                 edited[0].up = "CREATE TABLE one (id int, extra text)"
                 edited.append(Migration(version: 2, name: "two", up: "CREATE TABLE two (id int)", down: nil))
                 let migrator = Migrator(client: client, migrations: edited, logger: TestDatabase.logger("t"))
-                await #expect(throws: MigrationError.checksumMismatch(version: 1, name: "one")) { try await migrator.up() }
+                await #expect(throws: MigrationError.checksumMismatch(version: 1, name: "one")) {
+                    try await migrator.up()
+                }
                 let status = try await migrator.status()
                 #expect(status.first { $0.version == 1 }?.checksumMatches == false)
                 let two = try await client.query("SELECT to_regclass('two') IS NULL").single().decode(Bool.self, at: 0)
@@ -91,7 +95,10 @@ struct MigratorTests {
                 for _ in 0..<3 {
                     group.addTask {
                         try await TestDatabase.withClient(db.ownerConfiguration(maximumConnections: 1)) { client in
-                            try await Migrator(client: client, migrations: try TestDatabase.migrations(), logger: TestDatabase.logger("t")).up()
+                            try await Migrator(
+                                client: client, migrations: try TestDatabase.migrations(),
+                                logger: TestDatabase.logger("t")
+                            ).up()
                         }
                     }
                 }

@@ -21,7 +21,8 @@ struct RowLevelSecurityTests {
             let subscription = UUID()
             try await c.execute("INSERT INTO organizations (id, slug, name) VALUES (\(org), \(slug), \(slug))")
             try await c.execute(
-                "INSERT INTO projects (id, organization_id, name, external_key) VALUES (\(project), \(org), 'p', 'proj-1')")
+                "INSERT INTO projects (id, organization_id, name, external_key) VALUES (\(project), \(org), 'p', 'proj-1')"
+            )
             try await c.execute(
                 """
                 INSERT INTO scans (id, created_at, organization_id, project_id, scan_types, artifact_ref)
@@ -48,7 +49,8 @@ struct RowLevelSecurityTests {
                 VALUES (\(org), \(UUID()), 'cloudscan.commands', 'scan.create', 'scan.create.v1', '{}')
                 """)
             try await c.execute(
-                "INSERT INTO processed_messages (consumer, message_id, organization_id) VALUES ('dispatcher', \(UUID().uuidString), \(org))")
+                "INSERT INTO processed_messages (consumer, message_id, organization_id) VALUES ('dispatcher', \(UUID().uuidString), \(org))"
+            )
             try await c.execute(
                 """
                 INSERT INTO webhook_subscriptions (id, organization_id, url, secret)
@@ -140,7 +142,8 @@ struct RowLevelSecurityTests {
                 let insert = await #expect(throws: PostgresError.self) {
                     try await app.withTransaction(organizationID: orgA) { c in
                         try await c.execute(
-                            "INSERT INTO projects (organization_id, name, external_key) VALUES (\(orgB), 'x', 'sneaky')")
+                            "INSERT INTO projects (organization_id, name, external_key) VALUES (\(orgB), 'x', 'sneaky')"
+                        )
                     }
                 }
                 #expect(insert?.sqlState == "42501")

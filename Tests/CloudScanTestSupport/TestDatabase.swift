@@ -35,7 +35,8 @@ public struct TestDatabase: Sendable {
     }
 
     /// Settings for the schema-owning role (migrations, fixtures).
-    public func ownerConfiguration(maximumConnections: Int = 4, port: Int = TestDatabase.port) -> PostgresConfiguration {
+    public func ownerConfiguration(maximumConnections: Int = 4, port: Int = TestDatabase.port) -> PostgresConfiguration
+    {
         PostgresConfiguration(
             host: Self.host, port: port, database: Self.database, user: Self.ownerUser, password: Self.ownerPassword,
             applicationName: "cloudscan-test", connectTimeoutSeconds: 5, searchPath: schema,
@@ -61,10 +62,12 @@ public struct TestDatabase: Sendable {
     ) async throws -> R {
         let name = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
         let database = TestDatabase(schema: name)
-        let admin = PostgresClient(configuration: database.ownerConfiguration(maximumConnections: 1), logger: logger("test"))
+        let admin = PostgresClient(
+            configuration: database.ownerConfiguration(maximumConnections: 1), logger: logger("test"))
         try await admin.execute("CREATE SCHEMA \(identifier: name)")
         if migrated {
-            let client = PostgresClient(configuration: database.ownerConfiguration(maximumConnections: 1), logger: logger("test"))
+            let client = PostgresClient(
+                configuration: database.ownerConfiguration(maximumConnections: 1), logger: logger("test"))
             try await Migrator(client: client, migrations: try migrations(), logger: logger("test")).up()
             await client.shutdown()
         }
