@@ -93,6 +93,7 @@ let package = Package(
             path: "Tests/CloudScanTestSupport"
         ),
         .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore"]),
+        .testTarget(name: "CloudScanHTTPTests", dependencies: ["CloudScanHTTP", "CloudScanTestSupport"]),
         .testTarget(
             name: "CloudScanPostgresTests",
             dependencies: [
