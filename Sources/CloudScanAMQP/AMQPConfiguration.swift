@@ -60,12 +60,34 @@ public struct AMQPError: Error, CustomStringConvertible, Sendable {
         public static let invalidConfiguration = Code(rawValue: "invalidConfiguration")
         public static let connectionFailed = Code(rawValue: "connectionFailed")
         public static let loginFailed = Code(rawValue: "loginFailed")
+        /// The connection dropped (socket error, missed heartbeats, broker closed it).
+        public static let connectionLost = Code(rawValue: "connectionLost")
+        /// The broker closed the channel (e.g. PRECONDITION_FAILED for inequivalent arguments).
+        public static let channelClosed = Code(rawValue: "channelClosed")
+        public static let protocolError = Code(rawValue: "protocolError")
+        /// The broker refused a published message (basic.nack), e.g. a full queue with reject-publish.
+        public static let nacked = Code(rawValue: "nacked")
+        /// A mandatory message reached no queue (basic.return).
+        public static let unroutable = Code(rawValue: "unroutable")
+        /// No confirm arrived within the deadline; the message may or may not have been taken.
+        public static let confirmTimeout = Code(rawValue: "confirmTimeout")
+        /// The broker blocked the connection (resource alarm) beyond the publish deadline.
+        public static let blocked = Code(rawValue: "blocked")
+        /// Settling a delivery that an earlier connection delivered (its tag is void).
+        public static let staleDelivery = Code(rawValue: "staleDelivery")
+        /// The publisher or consumer was shut down.
+        public static let closed = Code(rawValue: "closed")
     }
     public var code: Code
     public var message: String
-    public init(code: Code, message: String) {
+    /// The AMQP reply code, when the broker gave one (406, 404, 312, …).
+    public var replyCode: Int?
+    public init(code: Code, message: String, replyCode: Int? = nil) {
         self.code = code
         self.message = message
+        self.replyCode = replyCode
     }
-    public var description: String { "AMQPError(code: \(code.rawValue), message: \(message))" }
+    public var description: String {
+        "AMQPError(code: \(code.rawValue)\(replyCode.map { ", replyCode: \($0)" } ?? ""), message: \(message))"
+    }
 }

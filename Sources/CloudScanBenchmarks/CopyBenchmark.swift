@@ -59,7 +59,8 @@ struct CloudScanBench: AsyncParsableCommand {
             try await client.withTransaction(organizationID: org) { c in
                 try await c.execute("INSERT INTO organizations (id, slug, name) VALUES (\(org), 'bench', 'bench')")
                 try await c.execute(
-                    "INSERT INTO projects (id, organization_id, name, external_key) VALUES (\(project), \(org), 'b', 'b')")
+                    "INSERT INTO projects (id, organization_id, name, external_key) VALUES (\(project), \(org), 'b', 'b')"
+                )
                 try await c.execute(
                     """
                     INSERT INTO scans (id, created_at, organization_id, project_id, scan_types, artifact_ref)

@@ -133,7 +133,9 @@ public struct CurlHTTPClient: Sendable {
         // Never send `Expect: 100-continue` (an extra round trip on every POST).
         headerList = curl_slist_append(headerList, "Expect:")
 
-        func set(_ option: CURLoption, _ value: String) { _ = value.withCString { cloudscan_curl_setopt_ptr(handle, option, $0) } }
+        func set(_ option: CURLoption, _ value: String) {
+            _ = value.withCString { cloudscan_curl_setopt_ptr(handle, option, $0) }
+        }
         set(CURLOPT_URL, request.url)
         set(CURLOPT_CUSTOMREQUEST, request.method)
         set(CURLOPT_USERAGENT, configuration.userAgent)
@@ -180,7 +182,8 @@ public struct CurlHTTPClient: Sendable {
                 throw HTTPClientError(
                     code: .responseTooLarge, message: "response exceeds \(request.maximumResponseBytes) bytes")
             case CURLE_OPERATION_TIMEDOUT: throw HTTPClientError(code: .timedOut, message: message)
-            case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST: throw HTTPClientError(code: .connectionFailed, message: message)
+            case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST:
+                throw HTTPClientError(code: .connectionFailed, message: message)
             case CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CACERT_BADFILE:
                 throw HTTPClientError(code: .tls, message: message)
             default: throw HTTPClientError(code: .other, message: message)

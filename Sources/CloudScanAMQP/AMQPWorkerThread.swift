@@ -1,0 +1,90 @@
+internal import CRabbitMQ
+import Foundation
+import Glibc
+import Synchronization
+
+/// A dedicated thread that owns one ``AMQPSession``: async callers hand it commands through a
+/// mutex-guarded queue and wake it with an eventfd; it sleeps in poll(2) on the socket and the
+/// eventfd, so a command is handled at once and heartbeats keep flowing while it waits.
+final class AMQPWorkerThread<Command: Sendable>: Sendable {
+    private let commands = Mutex<[Command]>([])
+    /// The eventfd; closed in deinit.
+    let wakeDescriptor: Int32
+    private let stopped = Atomic<Bool>(false)
+
+    init() {
+        wakeDescriptor = cloudscan_eventfd()
+        precondition(wakeDescriptor >= 0, "eventfd failed")
+    }
+
+    deinit { close(wakeDescriptor) }
+
+    /// Starts the thread running `body`.
+    func start(name: String, _ body: @escaping @Sendable () -> Void) {
+        let thread = Thread(block: body)
+        thread.name = name
+        thread.start()
+    }
+
+    func submit(_ command: Command) {
+        commands.withLock { $0.append(command) }
+        wake()
+    }
+
+    func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeDescriptor, &one, 8)
+    }
+
+    /// Takes every queued command.
+    func drain() -> [Command] {
+        var counter: UInt64 = 0
+        _ = read(wakeDescriptor, &counter, 8)
+        return commands.withLock { queue in
+            let taken = queue
+            queue.removeAll(keepingCapacity: true)
+            return taken
+        }
+    }
+
+    var isStopped: Bool { stopped.load(ordering: .acquiring) }
+
+    func stop() {
+        stopped.store(true, ordering: .releasing)
+        wake()
+    }
+
+    /// Sleeps until the socket is readable, a command arrives, or `milliseconds` pass.
+    func wait(socket: Int32, milliseconds: Int32) {
+        var descriptors = [pollfd(fd: wakeDescriptor, events: Int16(POLLIN), revents: 0)]
+        if socket >= 0 { descriptors.append(pollfd(fd: socket, events: Int16(POLLIN), revents: 0)) }
+        _ = poll(&descriptors, nfds_t(descriptors.count), milliseconds)
+    }
+}
+
+/// Exponential backoff with jitter (each delay is 50–100 % of the capped exponential).
+public struct Backoff: Sendable {
+    public var initial: Duration
+    public var maximum: Duration
+    private(set) var attempt = 0
+
+    public init(initial: Duration = .milliseconds(100), maximum: Duration = .seconds(10)) {
+        self.initial = initial
+        self.maximum = maximum
+    }
+
+    mutating func next() -> Duration {
+        let cap = min(maximum, initial * (1 << min(attempt, 16)))
+        attempt += 1
+        let fraction = Double.random(in: 0.5...1.0)
+        return cap * fraction
+    }
+
+    mutating func reset() { attempt = 0 }
+}
+
+extension Duration {
+    var milliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+}
