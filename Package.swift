@@ -89,11 +89,19 @@ let package = Package(
         // Shared by the test targets: a schema per test on the live servers the scripts start.
         .target(
             name: "CloudScanTestSupport",
-            dependencies: ["CloudScanPostgres", "CloudScanStore", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "CloudScanPostgres", "CloudScanStore", "CloudScanAMQP", .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/CloudScanTestSupport"
         ),
         .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore"]),
         .testTarget(name: "CloudScanHTTPTests", dependencies: ["CloudScanHTTP", "CloudScanTestSupport"]),
+        .testTarget(
+            name: "CloudScanAMQPTests",
+            dependencies: [
+                "CloudScanAMQP", "CloudScanTestSupport", .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "CloudScanPostgresTests",
             dependencies: [

@@ -7,6 +7,10 @@ PG_VERSION="${PG_VERSION:-15}"
 PG_MAIN_PORT="${PG_MAIN_PORT:-5432}"
 # A second cluster, only for tests that restart or kill PostgreSQL.
 PG_CHAOS_PORT="${PG_CHAOS_PORT:-5433}"
+# A second RabbitMQ node, only for tests that kill or pause a broker.
+RABBIT_CHAOS_PORT="${RABBIT_CHAOS_PORT:-5673}"
+# Python tools the tests use as outside clients (pika), in a venv beside the checkout.
+VENV="${VENV:-$ROOT/.venv}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -51,6 +51,7 @@ public final class AMQPConsumer: Sendable {
     private let worker = AMQPWorkerThread<Command>()
     private let continuation: AsyncStream<AMQPDelivery>.Continuation
     private let connects = Atomic<Int>(0)
+    private let connected = Atomic<Bool>(false)
 
     /// The deliveries, in order. Ends after ``stopConsuming()`` (once the broker confirms the
     /// cancel) or ``close()``. Iterate it from one task.
@@ -66,6 +67,9 @@ public final class AMQPConsumer: Sendable {
 
     /// How many times the consumer has connected (1 after the first connect; more after reconnects).
     public var connectionCount: Int { connects.load(ordering: .relaxed) }
+
+    /// Whether the consumer currently has a live connection.
+    public var isConnected: Bool { connected.load(ordering: .relaxed) }
 
     /// Acknowledges a delivery (and, with `multiple`, every earlier one of its connection).
     public func ack(_ delivery: AMQPDelivery, multiple: Bool = false) async throws {
@@ -85,17 +89,23 @@ public final class AMQPConsumer: Sendable {
     /// Stops new deliveries (`basic.cancel`); ``deliveries`` ends once the broker confirms.
     /// Deliveries already received can still be settled.
     public func stopConsuming() {
-        worker.submit(.stopConsuming)
+        _ = worker.submit(.stopConsuming)
     }
 
     /// Closes the connection; unsettled deliveries go back to the queue.
     public func close() async {
-        await withCheckedContinuation { continuation in worker.submit(.close(continuation)) }
+        await withCheckedContinuation { continuation in
+            if !worker.submit(.close(continuation)) { continuation.resume() }
+        }
     }
 
     private func settle(_ delivery: AMQPDelivery, _ how: Settle) async throws {
         try await withCheckedThrowingContinuation { continuation in
-            worker.submit(.settle(delivery, how, continuation))
+            if !worker.submit(.settle(delivery, how, continuation)) {
+                continuation.resume(
+                    throwing: AMQPError(
+                        code: .staleDelivery, message: "the consumer is closed; the broker will redeliver the message"))
+            }
         }
     }
 
@@ -116,6 +126,7 @@ public final class AMQPConsumer: Sendable {
                 metadata: ["queue": "\(configuration.queue)", "error": "\(error)"])
             session?.destroy()
             session = nil
+            connected.store(false, ordering: .relaxed)
             consumerTag = nil
             reconnectAt = .now + backoff.next()
         }
@@ -133,6 +144,7 @@ public final class AMQPConsumer: Sendable {
                 session = opened
                 backoff.reset()
                 connects.add(1, ordering: .relaxed)
+                connected.store(true, ordering: .relaxed)
                 logger.debug("consumer connected", metadata: ["queue": "\(configuration.queue)"])
             } catch {
                 logger.warning(
@@ -144,7 +156,11 @@ public final class AMQPConsumer: Sendable {
         while true {
             if session == nil, consuming, ContinuousClock.now >= reconnectAt { connect() }
 
-            for command in worker.drain() {
+            // Settle before closing, whatever order the commands came in.
+            let drained = worker.drain()
+            let ordered = drained.filter { if case .close = $0 { false } else { true } }
+                + drained.filter { if case .close = $0 { true } else { false } }
+            for command in ordered {
                 switch command {
                 case .settle(let delivery, let how, let reply):
                     guard let current = session, delivery.generation == generation else {
@@ -176,8 +192,17 @@ public final class AMQPConsumer: Sendable {
                 case .close(let reply):
                     session?.close()
                     session = nil
+                    connected.store(false, ordering: .relaxed)
                     continuation.finish()
-                    worker.stop()
+                    for left in worker.stop() {
+                        switch left {
+                        case .settle(_, _, let settleReply):
+                            settleReply.resume(
+                                throwing: AMQPError(code: .staleDelivery, message: "the consumer is closed"))
+                        case .close(let closeReply): closeReply.resume()
+                        case .stopConsuming: break
+                        }
+                    }
                     reply.resume()
                     return
                 }

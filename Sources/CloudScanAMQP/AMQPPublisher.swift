@@ -66,17 +66,20 @@ public final class AMQPPublisher: Sendable {
         async throws
     {
         try await withCheckedThrowingContinuation { continuation in
-            worker.submit(
-                .publish(
-                    Publish(
-                        message: message, exchange: exchange, routingKey: routingKey, mandatory: mandatory,
-                        continuation: continuation)))
+            let publish = Publish(
+                message: message, exchange: exchange, routingKey: routingKey, mandatory: mandatory,
+                continuation: continuation)
+            if !worker.submit(.publish(publish)) {
+                continuation.resume(throwing: AMQPError(code: .closed, message: "the publisher is closed"))
+            }
         }
     }
 
     /// Fails what is still unconfirmed, closes the connection and ends the thread.
     public func close() async {
-        await withCheckedContinuation { continuation in worker.submit(.close(continuation)) }
+        await withCheckedContinuation { continuation in
+            if !worker.submit(.close(continuation)) { continuation.resume() }
+        }
     }
 
     // MARK: The thread
@@ -187,7 +190,13 @@ public final class AMQPPublisher: Sendable {
                 session?.close()
                 session = nil
                 socket.store(-1, ordering: .releasing)
-                worker.stop()
+                for command in worker.stop() {
+                    switch command {
+                    case .publish(let publish):
+                        publish.continuation.resume(throwing: AMQPError(code: .closed, message: "the publisher is closed"))
+                    case .close(let continuation): closing.append(continuation)
+                    }
+                }
                 for continuation in closing { continuation.resume() }
                 return
             }

@@ -195,6 +195,23 @@ public struct AMQPTopology: Sendable, Codable, Hashable {
         }
     }
 
+    /// Deletes every queue and exchange of this topology (test teardown, decommissioning).
+    public func delete(broker: AMQPConfiguration) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+            Thread.detachNewThread {
+                continuation.resume(
+                    with: Result {
+                        let session = try AMQPSession(broker, connectionName: "cloudscan-topology")
+                        defer { session.close() }
+                        for queue in self.queueDeclarations { try session.deleteQueue(name: queue.name) }
+                        for exchange in self.exchanges + [Exchange(name: self.deadLetterExchange, type: "direct")] {
+                            try session.deleteExchange(name: exchange.name)
+                        }
+                    })
+            }
+        }
+    }
+
     /// A RabbitMQ definitions document (`rabbitmqctl import_definitions`) for one vhost.
     public func definitions(virtualHost: String) -> [String: Any] {
         func json(_ value: AMQPFieldValue) -> Any {

@@ -7,10 +7,13 @@ import Synchronization
 /// mutex-guarded queue and wake it with an eventfd; it sleeps in poll(2) on the socket and the
 /// eventfd, so a command is handled at once and heartbeats keep flowing while it waits.
 final class AMQPWorkerThread<Command: Sendable>: Sendable {
-    private let commands = Mutex<[Command]>([])
+    private struct Queue {
+        var commands: [Command] = []
+        var stopped = false
+    }
+    private let queue = Mutex(Queue())
     /// The eventfd; closed in deinit.
     let wakeDescriptor: Int32
-    private let stopped = Atomic<Bool>(false)
 
     init() {
         wakeDescriptor = cloudscan_eventfd()
@@ -26,9 +29,15 @@ final class AMQPWorkerThread<Command: Sendable>: Sendable {
         thread.start()
     }
 
-    func submit(_ command: Command) {
-        commands.withLock { $0.append(command) }
-        wake()
+    /// Queues a command for the thread; false (and nothing queued) once the thread has stopped.
+    func submit(_ command: Command) -> Bool {
+        let accepted = queue.withLock { queue -> Bool in
+            guard !queue.stopped else { return false }
+            queue.commands.append(command)
+            return true
+        }
+        if accepted { wake() }
+        return accepted
     }
 
     func wake() {
@@ -40,18 +49,23 @@ final class AMQPWorkerThread<Command: Sendable>: Sendable {
     func drain() -> [Command] {
         var counter: UInt64 = 0
         _ = read(wakeDescriptor, &counter, 8)
-        return commands.withLock { queue in
-            let taken = queue
-            queue.removeAll(keepingCapacity: true)
+        return queue.withLock { queue in
+            let taken = queue.commands
+            queue.commands.removeAll(keepingCapacity: true)
             return taken
         }
     }
 
-    var isStopped: Bool { stopped.load(ordering: .acquiring) }
+    var isStopped: Bool { queue.withLock { $0.stopped } }
 
-    func stop() {
-        stopped.store(true, ordering: .releasing)
-        wake()
+    /// Refuses further commands and returns the ones still queued (for the caller to fail).
+    func stop() -> [Command] {
+        queue.withLock { queue in
+            queue.stopped = true
+            let left = queue.commands
+            queue.commands.removeAll()
+            return left
+        }
     }
 
     /// Sleeps until the socket is readable, a command arrives, or `milliseconds` pass.
