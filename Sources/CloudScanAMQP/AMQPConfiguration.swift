@@ -12,11 +12,14 @@ public struct AMQPConfiguration: Sendable {
     public var heartbeatSeconds: Int
     /// Bound on the TCP connect and the AMQP handshake.
     public var connectTimeout: Duration
+    /// Bound on a synchronous request (declare, bind, qos, consume, delete).
+    public var rpcTimeout: Duration
 
     /// Explicit settings.
     public init(
         host: String = "127.0.0.1", port: Int = 5672, virtualHost: String = "/", user: String = "guest",
-        password: String = "guest", heartbeatSeconds: Int = 30, connectTimeout: Duration = .seconds(10)
+        password: String = "guest", heartbeatSeconds: Int = 30, connectTimeout: Duration = .seconds(10),
+        rpcTimeout: Duration = .seconds(30)
     ) {
         self.host = host
         self.port = port
@@ -25,6 +28,7 @@ public struct AMQPConfiguration: Sendable {
         self.password = password
         self.heartbeatSeconds = heartbeatSeconds
         self.connectTimeout = connectTimeout
+        self.rpcTimeout = rpcTimeout
     }
 
     /// Parses `amqp://user:password@host:port/vhost` (the vhost percent-encoded; an empty path is "/").

@@ -158,7 +158,8 @@ public final class AMQPConsumer: Sendable {
 
             // Settle before closing, whatever order the commands came in.
             let drained = worker.drain()
-            let ordered = drained.filter { if case .close = $0 { false } else { true } }
+            let ordered =
+                drained.filter { if case .close = $0 { false } else { true } }
                 + drained.filter { if case .close = $0 { true } else { false } }
             for command in ordered {
                 switch command {

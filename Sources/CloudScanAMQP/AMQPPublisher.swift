@@ -193,7 +193,8 @@ public final class AMQPPublisher: Sendable {
                 for command in worker.stop() {
                     switch command {
                     case .publish(let publish):
-                        publish.continuation.resume(throwing: AMQPError(code: .closed, message: "the publisher is closed"))
+                        publish.continuation.resume(
+                            throwing: AMQPError(code: .closed, message: "the publisher is closed"))
                     case .close(let continuation): closing.append(continuation)
                     }
                 }

@@ -30,7 +30,10 @@ final class AMQPSession {
                 )
             }
             amqp_set_handshake_timeout(state, &timeout)
-            amqp_set_rpc_timeout(state, &timeout)
+            var rpcTimeout = timeval(
+                tv_sec: Int(configuration.rpcTimeout.components.seconds),
+                tv_usec: Int(configuration.rpcTimeout.components.attoseconds / 1_000_000_000_000))
+            amqp_set_rpc_timeout(state, &rpcTimeout)
             let arena = CArena()
             var properties = arena.table([
                 ("product", .string("cloudscan")),

@@ -9,14 +9,16 @@ struct AMQPTests {
     let broker = TestBroker.configuration()
 
     func publisher() -> AMQPPublisher {
-        AMQPPublisher(configuration: .init(broker: broker, confirmTimeout: .seconds(10)), logger: TestBroker.logger("pub"))
+        AMQPPublisher(
+            configuration: .init(broker: broker, confirmTimeout: .seconds(10)), logger: TestBroker.logger("pub"))
     }
 
     func consumer(_ queue: String, prefetch: Int = 50, heartbeat: Int = 10) -> AMQPConsumer {
         var configuration = broker
         configuration.heartbeatSeconds = heartbeat
         return AMQPConsumer(
-            configuration: .init(broker: configuration, queue: queue, prefetch: prefetch), logger: TestBroker.logger("con"))
+            configuration: .init(broker: configuration, queue: queue, prefetch: prefetch),
+            logger: TestBroker.logger("con"))
     }
 
     /// Takes `count` deliveries (acking each unless told not to), failing after `timeout`.
@@ -47,7 +49,10 @@ struct AMQPTests {
         AMQPMessage(
             body: Array("{\"n\":\(n)}".utf8), type: "test.message.v1", messageID: id, correlationID: "scan-\(n)",
             timestamp: Date(timeIntervalSince1970: 1_764_000_000), appID: "tests",
-            headers: ["x-organization-id": "org-\(n % 3)", "traceparent": "00-\(String(repeating: "a", count: 32))-\(String(repeating: "b", count: 16))-01"])
+            headers: [
+                "x-organization-id": "org-\(n % 3)",
+                "traceparent": "00-\(String(repeating: "a", count: 32))-\(String(repeating: "b", count: 16))-01",
+            ])
     }
 
     @Test("confirmed publishes arrive with every property and header intact")

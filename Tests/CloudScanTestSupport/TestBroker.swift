@@ -14,7 +14,8 @@ public enum TestBroker {
     public static let password = environment["TEST_AMQP_PASSWORD"] ?? "cloudscan"
 
     /// The shared node, vhost `cloudscan` unless given.
-    public static func configuration(virtualHost: String = "cloudscan", heartbeatSeconds: Int = 10) -> AMQPConfiguration {
+    public static func configuration(virtualHost: String = "cloudscan", heartbeatSeconds: Int = 10) -> AMQPConfiguration
+    {
         AMQPConfiguration(
             host: host, port: port, virtualHost: virtualHost, user: user, password: password,
             heartbeatSeconds: heartbeatSeconds, connectTimeout: .seconds(5))

@@ -1,0 +1,139 @@
+import CloudScanAMQP
+import CloudScanTestSupport
+import Foundation
+import Synchronization
+import Testing
+
+/// Kills and pauses the chaos RabbitMQ node (port 5673), which no other test uses.
+@Suite("AMQP when the broker dies or goes silent (chaos node)", .serialized)
+struct AMQPChaosTests {
+    final class Ledger: Sendable {
+        let confirmed = Mutex<Set<String>>([])
+        let failures = Atomic<Int>(0)
+    }
+
+    @Test("10k publishes across a broker SIGKILL and restart: every confirmed message is consumed")
+    func brokerKilledMidStream() async throws {
+        let broker = TestBroker.chaosConfiguration(heartbeatSeconds: 5)
+        #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
+        let (topology, exchange, queue) = TestBroker.uniqueTopology("kill", maxLength: 1_000_000)
+        #expect(try await topology.apply(broker: broker).isClean)
+
+        let publisher = AMQPPublisher(
+            configuration: .init(broker: broker, confirmTimeout: .seconds(15)), logger: TestBroker.logger("pub"))
+        let total = 10_000
+        let workers = 64
+        let ledger = Ledger()
+        let killAfter = 2_000
+
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // The killer: once enough are confirmed, SIGKILL the broker, then start it again.
+            group.addTask {
+                while ledger.confirmed.withLock({ $0.count }) < killAfter {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+                #expect(try await TestBroker.services("rabbit-chaos-kill") == 0)
+                try await Task.sleep(for: .seconds(1))
+                #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
+            }
+            for worker in 0..<workers {
+                group.addTask {
+                    var n = worker
+                    let deadline = ContinuousClock.now + .seconds(120)
+                    while n < total {
+                        let id = "msg-\(n)"
+                        let message = AMQPMessage(body: Array("{\"n\":\(n)}".utf8), type: "test.v1", messageID: id)
+                        do {
+                            try await publisher.publish(message, exchange: exchange, routingKey: "work.kill")
+                            _ = ledger.confirmed.withLock { $0.insert(id) }
+                            n += workers
+                        } catch {
+                            // Not confirmed: it may or may not be stored. Publish it again.
+                            ledger.failures.add(1, ordering: .relaxed)
+                            guard ContinuousClock.now < deadline else { throw error }
+                            try await Task.sleep(for: .milliseconds(100))
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        await publisher.close()
+        let confirmed = ledger.confirmed.withLock { $0 }
+
+        // Drain the queue.
+        let consumer = AMQPConsumer(
+            configuration: .init(broker: broker, queue: queue, prefetch: 500), logger: TestBroker.logger("con"))
+        var consumedIDs = Set<String>()
+        var consumedCount = 0
+        let drainDeadline = ContinuousClock.now + .seconds(60)
+        for await delivery in consumer.deliveries {
+            consumedCount += 1
+            if let id = delivery.message.messageID { consumedIDs.insert(id) }
+            try await consumer.ack(delivery)
+            if consumedIDs.isSuperset(of: confirmed) || ContinuousClock.now > drainDeadline { break }
+        }
+        await consumer.close()
+        let lost = confirmed.subtracting(consumedIDs)
+        print(
+            """
+            LEDGER broker-kill: published-and-confirmed \(confirmed.count) of \(total), \
+            failed attempts (retried) \(ledger.failures.load(ordering: .relaxed)), \
+            consumed \(consumedCount) deliveries / \(consumedIDs.count) distinct, \
+            duplicates \(consumedCount - consumedIDs.count), lost \(lost.count)
+            """)
+        #expect(confirmed.count == total)
+        #expect(lost.isEmpty, "confirmed but never consumed: \(lost.prefix(10))")
+        #expect(ledger.failures.load(ordering: .relaxed) > 0, "the kill happened while publishing")
+        try await topology.delete(broker: broker)
+    }
+
+    @Test("a consumer notices a silent broker within 2× heartbeat, reconnects, and old tags are void")
+    func silentBrokerDetected() async throws {
+        let heartbeat = 2
+        let broker = TestBroker.chaosConfiguration(heartbeatSeconds: heartbeat)
+        #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
+        let (topology, exchange, queue) = TestBroker.uniqueTopology("silent")
+        #expect(try await topology.apply(broker: broker).isClean)
+        let publisher = AMQPPublisher(configuration: .init(broker: broker), logger: TestBroker.logger("pub"))
+        try await publisher.publish(
+            AMQPMessage(body: Array("held".utf8), messageID: "held-1"), exchange: exchange, routingKey: "work.held")
+
+        var consumerConfiguration = AMQPConsumer.Configuration(broker: broker, queue: queue, prefetch: 10)
+        consumerConfiguration.reconnectBackoff = Backoff(initial: .milliseconds(200), maximum: .seconds(1))
+        let consumer = AMQPConsumer(configuration: consumerConfiguration, logger: TestBroker.logger("con"))
+        var iterator = consumer.deliveries.makeAsyncIterator()
+        let held = try #require(await iterator.next())
+        #expect(held.message.messageID == "held-1")
+        #expect(consumer.isConnected)
+
+        #expect(try await TestBroker.services("rabbit-chaos-pause") == 0)
+        let paused = ContinuousClock.now
+        var detectedAfter: Duration?
+        while ContinuousClock.now - paused < .seconds(heartbeat * 4) {
+            if !consumer.isConnected {
+                detectedAfter = ContinuousClock.now - paused
+                break
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(try await TestBroker.services("rabbit-chaos-resume") == 0)
+        let detected = try #require(detectedAfter, "the consumer never noticed the silent broker")
+        print("silent broker detected after \(detected) (heartbeat \(heartbeat) s)")
+        // rabbitmq-c declares the peer dead after two heartbeat intervals without traffic.
+        #expect(detected <= .seconds(heartbeat * 2) + .milliseconds(1500))
+
+        // It reconnects by itself and the held message comes again, redelivered.
+        let again = try #require(await iterator.next())
+        #expect(again.message.messageID == "held-1")
+        #expect(again.redelivered)
+        #expect(consumer.connectionCount >= 2)
+        // The delivery from the dead connection can no longer be settled.
+        let stale = await #expect(throws: AMQPError.self) { try await consumer.ack(held) }
+        #expect(stale?.code == .staleDelivery)
+        try await consumer.ack(again)
+        await consumer.close()
+        await publisher.close()
+        try await topology.delete(broker: broker)
+    }
+}
