@@ -92,7 +92,8 @@ struct AMQPInteropTests {
         defer { try? FileManager.default.removeItem(at: file) }
 
         #expect(try await TestBroker.rabbitmqctl(["import_definitions", file.path]) == 0)
-        #expect(try await TestBroker.rabbitmqctl(["set_permissions", "-p", vhost, TestBroker.user, ".*", ".*", ".*"]) == 0)
+        #expect(
+            try await TestBroker.rabbitmqctl(["set_permissions", "-p", vhost, TestBroker.user, ".*", ".*", ".*"]) == 0)
         let imported = TestBroker.configuration(virtualHost: vhost)
         // Declaring over the imported objects is a no-op: same names, same arguments.
         let report = try await topology.apply(broker: imported)

@@ -60,14 +60,20 @@ public func runCommandCapturingOutput(_ arguments: [String]) async throws -> (st
             var buffer = [UInt8](repeating: 0, count: 65536)
             while true {
                 let count = read(pipe[0], &buffer, buffer.count)
-                if count > 0 { output.append(contentsOf: buffer[0..<count]) } else if count == 0 || errno != EINTR { break }
+                if count > 0 {
+                    output.append(contentsOf: buffer[0..<count])
+                } else if count == 0 || errno != EINTR {
+                    break
+                }
             }
             close(pipe[0])
             var status: Int32 = 0
             while waitpid(pid, &status, 0) == -1, errno == EINTR {}
             let exited = (status & 0x7f) == 0
             continuation.resume(
-                returning: (exited ? (status >> 8) & 0xff : 128 + (status & 0x7f), String(decoding: output, as: UTF8.self)))
+                returning: (
+                    exited ? (status >> 8) & 0xff : 128 + (status & 0x7f), String(decoding: output, as: UTF8.self)
+                ))
         }
     }
 }

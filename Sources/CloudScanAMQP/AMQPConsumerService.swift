@@ -1,0 +1,143 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Runs a handler over a consumer's deliveries with bounded concurrency, as a `Service`.
+///
+/// A delivery is acknowledged only after its handler returns `.ack` — that is, after the handler
+/// committed its effect. On graceful shutdown the service stops consuming (`basic.cancel`), lets
+/// in-flight handlers finish within ``Configuration/drainTimeout`` and settles them, then closes;
+/// whatever was not settled goes back to the queue for another consumer.
+public struct AMQPConsumerService: Service {
+    /// What to do with a handled delivery.
+    public enum Outcome: Sendable, Equatable {
+        /// The effect is committed.
+        case ack
+        /// A transient failure: back to the queue (quorum queues dead-letter it after the delivery limit).
+        case retry
+        /// Bad input: dead-letter it now, with this reason in the `x-cloudscan-reason` header.
+        case deadLetter(reason: String)
+    }
+
+    /// Where ``Outcome/deadLetter(reason:)`` publishes the message, with the reason header.
+    public struct DeadLetterTarget: Sendable {
+        public var publisher: AMQPPublisher
+        public var exchange: String
+        public var routingKey: String
+        public init(publisher: AMQPPublisher, exchange: String, routingKey: String) {
+            self.publisher = publisher
+            self.exchange = exchange
+            self.routingKey = routingKey
+        }
+    }
+
+    public struct Configuration: Sendable {
+        /// Handlers running at once.
+        public var concurrency: Int
+        /// How long in-flight handlers may run after shutdown begins (keep it below the
+        /// orchestrator's grace period).
+        public var drainTimeout: Duration
+        /// Without a target, `.deadLetter` rejects without requeue (the queue's DLX takes it, with
+        /// `x-death` but no reason header).
+        public var deadLetter: DeadLetterTarget?
+
+        public init(concurrency: Int = 8, drainTimeout: Duration = .seconds(20), deadLetter: DeadLetterTarget? = nil) {
+            self.concurrency = concurrency
+            self.drainTimeout = drainTimeout
+            self.deadLetter = deadLetter
+        }
+    }
+
+    public typealias Handler = @Sendable (AMQPDelivery) async throws -> Outcome
+
+    let consumer: AMQPConsumer
+    let configuration: Configuration
+    let logger: Logger
+    let handler: Handler
+
+    public init(consumer: AMQPConsumer, configuration: Configuration, logger: Logger, handler: @escaping Handler) {
+        self.consumer = consumer
+        self.configuration = configuration
+        self.logger = logger
+        self.handler = handler
+    }
+
+    public func run() async throws {
+        let consumer = self.consumer
+        enum Finished { case handler, drainDeadline }
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Finished.self) { group in
+                var running = 0
+                for await delivery in consumer.deliveries {
+                    if running >= configuration.concurrency, await group.next() != nil {
+                        running -= 1
+                    }
+                    group.addTask {
+                        await handle(delivery)
+                        return .handler
+                    }
+                    running += 1
+                }
+                // The stream ended: consuming stopped. Let in-flight handlers finish, within the bound.
+                let drainTimeout = configuration.drainTimeout
+                group.addTask {
+                    try? await Task.sleep(for: drainTimeout)
+                    return .drainDeadline
+                }
+                while running > 0, let finished = await group.next() {
+                    switch finished {
+                    case .handler: running -= 1
+                    case .drainDeadline:
+                        logger.warning(
+                            "handlers still running after the drain timeout; their messages will be redelivered",
+                            metadata: ["running": "\(running)"])
+                        group.cancelAll()
+                    }
+                }
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            consumer.stopConsuming()
+        }
+        await consumer.close()
+    }
+
+    private func handle(_ delivery: AMQPDelivery) async {
+        let outcome: Outcome
+        do {
+            outcome = try await handler(delivery)
+        } catch is CancellationError {
+            return  // not settled: the broker redelivers it after close
+        } catch {
+            logger.warning(
+                "handler failed; the message goes back to the queue",
+                metadata: ["message_id": "\(delivery.message.messageID ?? "-")", "error": "\(error)"])
+            outcome = .retry
+        }
+        do {
+            switch outcome {
+            case .ack:
+                try await consumer.ack(delivery)
+            case .retry:
+                try await consumer.nack(delivery, requeue: true)
+            case .deadLetter(let reason):
+                if let target = configuration.deadLetter {
+                    var copy = delivery.message
+                    copy.headers["x-cloudscan-reason"] = reason
+                    copy.headers["x-cloudscan-original-routing-key"] = delivery.routingKey
+                    try await target.publisher.publish(copy, exchange: target.exchange, routingKey: target.routingKey)
+                    try await consumer.ack(delivery)
+                } else {
+                    try await consumer.reject(delivery, requeue: false)
+                }
+                logger.notice(
+                    "message dead-lettered",
+                    metadata: ["message_id": "\(delivery.message.messageID ?? "-")", "reason": "\(reason)"])
+            }
+        } catch {
+            logger.warning(
+                "could not settle a delivery; the broker will redeliver it",
+                metadata: ["message_id": "\(delivery.message.messageID ?? "-")", "error": "\(error)"])
+        }
+    }
+}
