@@ -83,6 +83,7 @@ let package = Package(
             name: "CloudScanBenchmarks",
             dependencies: [
                 "CloudScanPostgres",
+                "CloudScanAMQP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -31,12 +31,14 @@ final class AMQPWorkerThread<Command: Sendable>: Sendable {
 
     /// Queues a command for the thread; false (and nothing queued) once the thread has stopped.
     func submit(_ command: Command) -> Bool {
-        let accepted = queue.withLock { queue -> Bool in
-            guard !queue.stopped else { return false }
+        // Only the command that makes the queue non-empty needs to wake the thread: the thread
+        // takes the whole queue at once, so later ones ride on the same wake-up.
+        let (accepted, needsWake) = queue.withLock { queue -> (Bool, Bool) in
+            guard !queue.stopped else { return (false, false) }
             queue.commands.append(command)
-            return true
+            return (true, queue.commands.count == 1)
         }
-        if accepted { wake() }
+        if needsWake { wake() }
         return accepted
     }
 
@@ -47,9 +49,7 @@ final class AMQPWorkerThread<Command: Sendable>: Sendable {
 
     /// Takes every queued command.
     func drain() -> [Command] {
-        var counter: UInt64 = 0
-        _ = read(wakeDescriptor, &counter, 8)
-        return queue.withLock { queue in
+        queue.withLock { queue in
             let taken = queue.commands
             queue.commands.removeAll(keepingCapacity: true)
             return taken
@@ -72,7 +72,11 @@ final class AMQPWorkerThread<Command: Sendable>: Sendable {
     func wait(socket: Int32, milliseconds: Int32) {
         var descriptors = [pollfd(fd: wakeDescriptor, events: Int16(POLLIN), revents: 0)]
         if socket >= 0 { descriptors.append(pollfd(fd: socket, events: Int16(POLLIN), revents: 0)) }
-        _ = poll(&descriptors, nfds_t(descriptors.count), milliseconds)
+        let ready = poll(&descriptors, nfds_t(descriptors.count), milliseconds)
+        if ready > 0, descriptors[0].revents & Int16(POLLIN) != 0 {
+            var counter: UInt64 = 0
+            _ = read(wakeDescriptor, &counter, 8)  // re-arm; the commands are taken by drain()
+        }
     }
 }
 
