@@ -97,7 +97,7 @@ let package = Package(
             ],
             path: "Tests/CloudScanTestSupport"
         ),
-        .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore"]),
+        .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore", "CloudScanTestSupport"]),
         .testTarget(name: "CloudScanHTTPTests", dependencies: ["CloudScanHTTP", "CloudScanTestSupport"]),
         .testTarget(
             name: "CloudScanAMQPTests",

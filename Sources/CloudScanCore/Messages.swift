@@ -1,0 +1,219 @@
+import Foundation
+
+/// The message contracts on the broker. Each type's JSON Schema is `topology/schemas/<type>.json`;
+/// the `type` AMQP property names it (e.g. `scan.create.v1`).
+public enum MessageType: String, Sendable, CaseIterable {
+    case scanCreate = "scan.create.v1"
+    case scanCancel = "scan.cancel.v1"
+    case scanRetry = "scan.retry.v1"
+    case findingsBatch = "findings.batch.v1"
+    case statusReport = "status.report.v1"
+    case scanEvent = "scan.event.v1"
+}
+
+/// Exchanges of the fleet.
+public enum Exchanges {
+    public static let commands = "cloudscan.commands"
+    public static let events = "cloudscan.events"
+    public static let findings = "cloudscan.findings"
+    public static let status = "cloudscan.status"
+    public static let deadLetter = "cloudscan.dlx"
+}
+
+/// Headers every message carries.
+public enum MessageHeaders {
+    public static let organizationID = "x-organization-id"
+    public static let traceparent = "traceparent"
+}
+
+/// `scan.create.v1`.
+public struct ScanCreateMessage: Codable, Sendable, Hashable {
+    public struct ProjectReference: Codable, Sendable, Hashable {
+        public var id: UUID?
+        public var externalKey: String?
+        public init(id: UUID? = nil, externalKey: String? = nil) {
+            self.id = id
+            self.externalKey = externalKey
+        }
+    }
+    public struct Artifact: Codable, Sendable, Hashable {
+        public var url: String
+        public var sha256: String?
+        public init(url: String, sha256: String? = nil) {
+            self.url = url
+            self.sha256 = sha256
+        }
+    }
+    public var scanID: UUID
+    public var organizationID: UUID
+    public var project: ProjectReference
+    public var scanTypes: [ScanType]
+    public var artifact: Artifact
+    public var requestedAt: Date
+    public var timeoutSeconds: Int?
+    public var labels: [String: String]?
+
+    public init(
+        scanID: UUID, organizationID: UUID, project: ProjectReference, scanTypes: [ScanType], artifact: Artifact,
+        requestedAt: Date, timeoutSeconds: Int? = nil, labels: [String: String]? = nil
+    ) {
+        self.scanID = scanID
+        self.organizationID = organizationID
+        self.project = project
+        self.scanTypes = scanTypes
+        self.artifact = artifact
+        self.requestedAt = requestedAt
+        self.timeoutSeconds = timeoutSeconds
+        self.labels = labels
+    }
+}
+
+/// `scan.cancel.v1`.
+public struct ScanCancelMessage: Codable, Sendable, Hashable {
+    public var scanID: UUID
+    public var organizationID: UUID
+    public var requestedAt: Date
+    public var requestedBy: String?
+    public var reason: String?
+
+    public init(
+        scanID: UUID, organizationID: UUID, requestedAt: Date, requestedBy: String? = nil, reason: String? = nil
+    ) {
+        self.scanID = scanID
+        self.organizationID = organizationID
+        self.requestedAt = requestedAt
+        self.requestedBy = requestedBy
+        self.reason = reason
+    }
+}
+
+/// One finding inside a `findings.batch.v1`.
+public struct FindingRecord: Codable, Sendable, Hashable {
+    public var scanner: String
+    public var ruleID: String
+    public var severity: Severity
+    public var title: String
+    public var message: String?
+    public var path: String?
+    public var line: Int?
+    public var column: Int?
+    public var cwe: [String]?
+    public var fingerprint: String
+
+    public init(
+        scanner: String, ruleID: String, severity: Severity, title: String, message: String? = nil, path: String? = nil,
+        line: Int? = nil, column: Int? = nil, cwe: [String]? = nil, fingerprint: String
+    ) {
+        self.scanner = scanner
+        self.ruleID = ruleID
+        self.severity = severity
+        self.title = title
+        self.message = message
+        self.path = path
+        self.line = line
+        self.column = column
+        self.cwe = cwe
+        self.fingerprint = fingerprint
+    }
+}
+
+/// `findings.batch.v1`.
+public struct FindingsBatchMessage: Codable, Sendable, Hashable {
+    /// At most this many findings per message.
+    public static let maximumFindings = 500
+    public var scanID: UUID
+    public var organizationID: UUID
+    public var attempt: Int
+    public var batchIndex: Int
+    public var findings: [FindingRecord]
+
+    public init(scanID: UUID, organizationID: UUID, attempt: Int, batchIndex: Int, findings: [FindingRecord]) {
+        self.scanID = scanID
+        self.organizationID = organizationID
+        self.attempt = attempt
+        self.batchIndex = batchIndex
+        self.findings = findings
+    }
+}
+
+/// JSON as on the wire: snake_case keys, RFC 3339 timestamps with milliseconds, sorted keys.
+public enum MessageCoding {
+    public static func encoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .custom { keys in
+            let key = keys.last!.stringValue
+            return AnyKey(snakeCase(key))
+        }
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(formatTimestamp(date))
+        }
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .custom { keys in
+            AnyKey(camelCase(keys.last!.stringValue))
+        }
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let text = try decoder.singleValueContainer().decode(String.self)
+            guard let date = parseTimestamp(text) else {
+                throw DecodingError.dataCorrupted(
+                    .init(codingPath: decoder.codingPath, debugDescription: "not an RFC 3339 timestamp"))
+            }
+            return date
+        }
+        return decoder
+    }
+
+    /// `scanID` → `scan_id`, `ruleId` → `rule_id`, `organizationID` → `organization_id`.
+    static func snakeCase(_ key: String) -> String {
+        var out = ""
+        let characters = Array(key)
+        for (index, character) in characters.enumerated() {
+            if character.isUppercase {
+                let previousIsUpper = index > 0 && characters[index - 1].isUppercase
+                if index > 0, !previousIsUpper { out.append("_") }
+                out.append(Character(character.lowercased()))
+            } else {
+                out.append(character)
+            }
+        }
+        return out
+    }
+
+    /// The inverse of ``snakeCase(_:)`` for the keys the messages use.
+    static func camelCase(_ key: String) -> String {
+        let parts = key.split(separator: "_")
+        guard let first = parts.first else { return key }
+        return
+            ([String(first)]
+            + parts.dropFirst().map { part -> String in
+                part == "id" ? "ID" : part.prefix(1).uppercased() + part.dropFirst()
+            }).joined()
+    }
+
+    static func formatTimestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: date)
+    }
+
+    static func parseTimestamp(_ text: String) -> Date? {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let date = formatter.date(from: text) { return date }
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.date(from: text)
+    }
+
+    struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ string: String) { stringValue = string }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+}

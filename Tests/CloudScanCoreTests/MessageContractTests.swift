@@ -1,0 +1,92 @@
+import CloudScanCore
+import CloudScanTestSupport
+import Foundation
+import Testing
+
+/// The Swift message types against the published JSON Schemas (validated by Python's jsonschema).
+@Suite("Message contracts")
+struct MessageContractTests {
+    let organization = UUID()
+    let scan = UUID()
+    let at = Date(timeIntervalSince1970: 1_764_295_753.25)
+
+    func validate(_ documents: [(MessageType, Data)]) async throws -> (Int32, String) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("msgs-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var files: [String] = []
+        for (index, (type, body)) in documents.enumerated() {
+            let wrapper = "{\"type\":\"\(type.rawValue)\",\"body\":\(String(decoding: body, as: UTF8.self))}"
+            let file = directory.appendingPathComponent("\(index).json")
+            try wrapper.write(to: file, atomically: true, encoding: .utf8)
+            files.append(file.path)
+        }
+        let root = TestDatabase.repositoryRoot
+        return try await runCommandCapturingOutput(
+            [
+                root.appendingPathComponent(".venv/bin/python").path,
+                root.appendingPathComponent("Tests/clients/validate_messages.py").path,
+                root.appendingPathComponent("topology/schemas").path,
+            ] + files)
+    }
+
+    @Test("encoded messages validate against their schemas and decode back")
+    func encodedMessagesMatchSchemas() async throws {
+        let encoder = MessageCoding.encoder()
+        let create = ScanCreateMessage(
+            scanID: scan, organizationID: organization, project: .init(externalKey: "proj-123"),
+            scanTypes: [.sast, .secrets],
+            artifact: .init(url: "https://storage.local/a.tar.gz", sha256: String(repeating: "a", count: 64)),
+            requestedAt: at, timeoutSeconds: 900, labels: ["team": "payments"])
+        let cancel = ScanCancelMessage(
+            scanID: scan, organizationID: organization, requestedAt: at, requestedBy: "gateway")
+        let batch = FindingsBatchMessage(
+            scanID: scan, organizationID: organization, attempt: 1, batchIndex: 0,
+            findings: [
+                FindingRecord(
+                    scanner: "bandit", ruleID: "B105", severity: .low, title: "Hardcoded password", message: "…",
+                    path: "app/settings.py", line: 12, column: 4, cwe: ["CWE-259"], fingerprint: "bandit:B105:abc")
+            ])
+        let (status, output) = try await validate([
+            (.scanCreate, try encoder.encode(create)), (.scanCancel, try encoder.encode(cancel)),
+            (.findingsBatch, try encoder.encode(batch)),
+        ])
+        #expect(status == 0, "\(output)")
+        #expect(output.split(separator: "\n").count == 3)
+
+        let json = String(decoding: try encoder.encode(create), as: UTF8.self)
+        #expect(json.contains("\"scan_id\":\"\(scan.uuidString)\""))
+        #expect(json.contains("\"requested_at\":\"2025-11-28T02:09:13.250Z\""))
+        #expect(json.contains("\"external_key\":\"proj-123\""))
+        let decoder = MessageCoding.decoder()
+        #expect(try decoder.decode(ScanCreateMessage.self, from: Data(json.utf8)) == create)
+        #expect(try decoder.decode(FindingsBatchMessage.self, from: try encoder.encode(batch)) == batch)
+    }
+
+    @Test("the schemas reject what the consumers must refuse")
+    func schemasRejectBadMessages() async throws {
+        let bad: [(MessageType, String)] = [
+            (
+                .scanCreate,
+                #"{"scan_id":"nope","organization_id":"\#(organization)","project":{"id":"\#(UUID())"},"scan_types":["sast"],"artifact":{"url":"https://x"},"requested_at":"2026-11-28T00:00:00Z"}"#
+            ),
+            (
+                .scanCreate,
+                #"{"scan_id":"\#(scan)","organization_id":"\#(organization)","project":{},"scan_types":["sast"],"artifact":{"url":"https://x"},"requested_at":"2026-11-28T00:00:00Z"}"#
+            ),
+            (
+                .scanCreate,
+                #"{"scan_id":"\#(scan)","organization_id":"\#(organization)","project":{"external_key":"p"},"scan_types":["dast"],"artifact":{"url":"https://x"},"requested_at":"2026-11-28T00:00:00Z"}"#
+            ),
+            (
+                .findingsBatch,
+                #"{"scan_id":"\#(scan)","organization_id":"\#(organization)","attempt":0,"batch_index":0,"findings":[{"scanner":"x","rule_id":"r","severity":"urgent","title":"t","fingerprint":"f"}]}"#
+            ),
+        ]
+        let (status, output) = try await validate(bad.map { ($0.0, Data($0.1.utf8)) })
+        #expect(status == 1)
+        let lines = output.split(separator: "\n")
+        #expect(lines.count == bad.count)
+        #expect(lines.allSatisfy { $0.hasPrefix("invalid") }, "\(output)")
+    }
+}
