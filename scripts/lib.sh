@@ -9,6 +9,7 @@ PG_MAIN_PORT="${PG_MAIN_PORT:-5432}"
 PG_CHAOS_PORT="${PG_CHAOS_PORT:-5433}"
 # A second RabbitMQ node, only for tests that kill or pause a broker.
 RABBIT_CHAOS_PORT="${RABBIT_CHAOS_PORT:-5673}"
+RABBIT_CHAOS_TLS_PORT="${RABBIT_CHAOS_TLS_PORT:-5674}"
 # Python tools the tests use as outside clients (pika), in a venv beside the checkout.
 VENV="${VENV:-$ROOT/.venv}"
 

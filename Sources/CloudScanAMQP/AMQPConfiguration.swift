@@ -2,6 +2,28 @@ import Foundation
 
 /// How to reach the broker.
 public struct AMQPConfiguration: Sendable {
+    /// TLS settings (amqps). Peer and hostname verification are on unless switched off.
+    public struct TLS: Sendable, Hashable {
+        /// PEM bundle of CAs to trust.
+        public var caFile: String
+        /// PEM client certificate and key, for brokers that require one.
+        public var certificateFile: String?
+        public var keyFile: String?
+        public var verifyPeer: Bool
+        public var verifyHostname: Bool
+
+        public init(
+            caFile: String, certificateFile: String? = nil, keyFile: String? = nil, verifyPeer: Bool = true,
+            verifyHostname: Bool = true
+        ) {
+            self.caFile = caFile
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+            self.verifyPeer = verifyPeer
+            self.verifyHostname = verifyHostname
+        }
+    }
+
     public var host: String
     public var port: Int
     public var virtualHost: String
@@ -14,12 +36,14 @@ public struct AMQPConfiguration: Sendable {
     public var connectTimeout: Duration
     /// Bound on a synchronous request (declare, bind, qos, consume, delete).
     public var rpcTimeout: Duration
+    /// TLS, or nil for plain TCP.
+    public var tls: TLS?
 
     /// Explicit settings.
     public init(
         host: String = "127.0.0.1", port: Int = 5672, virtualHost: String = "/", user: String = "guest",
         password: String = "guest", heartbeatSeconds: Int = 30, connectTimeout: Duration = .seconds(10),
-        rpcTimeout: Duration = .seconds(30)
+        rpcTimeout: Duration = .seconds(30), tls: TLS? = nil
     ) {
         self.host = host
         self.port = port
@@ -29,6 +53,7 @@ public struct AMQPConfiguration: Sendable {
         self.heartbeatSeconds = heartbeatSeconds
         self.connectTimeout = connectTimeout
         self.rpcTimeout = rpcTimeout
+        self.tls = tls
     }
 
     /// Parses `amqp://user:password@host:port/vhost` (the vhost percent-encoded; an empty path is "/").
@@ -51,7 +76,8 @@ public struct AMQPConfiguration: Sendable {
 
 extension AMQPConfiguration: CustomStringConvertible {
     public var description: String {
-        "AMQPConfiguration(host: \(host), port: \(port), virtualHost: \(virtualHost), user: \(user), password: <redacted>)"
+        "AMQPConfiguration(host: \(host), port: \(port), virtualHost: \(virtualHost), user: \(user), password: <redacted>, "
+            + "tls: \(tls == nil ? "off" : "on"))"
     }
 }
 

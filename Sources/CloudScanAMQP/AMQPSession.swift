@@ -16,8 +16,28 @@ final class AMQPSession {
         self.state = state
         self.heartbeatSeconds = configuration.heartbeatSeconds
         do {
-            guard let socket = amqp_tcp_socket_new(state) else {
-                throw AMQPError(code: .connectionFailed, message: "cannot create a socket")
+            let socket: OpaquePointer
+            if let tls = configuration.tls {
+                guard let secure = amqp_ssl_socket_new(state) else {
+                    throw AMQPError(code: .connectionFailed, message: "cannot create a TLS socket")
+                }
+                guard amqp_ssl_socket_set_cacert(secure, tls.caFile) == AMQP_STATUS_OK.rawValue else {
+                    throw AMQPError(code: .invalidConfiguration, message: "cannot load the CA file \(tls.caFile)")
+                }
+                if let certificate = tls.certificateFile, let key = tls.keyFile {
+                    guard amqp_ssl_socket_set_key(secure, certificate, key) == AMQP_STATUS_OK.rawValue else {
+                        throw AMQPError(
+                            code: .invalidConfiguration, message: "cannot load the client certificate \(certificate)")
+                    }
+                }
+                amqp_ssl_socket_set_verify_peer(secure, tls.verifyPeer ? 1 : 0)
+                amqp_ssl_socket_set_verify_hostname(secure, tls.verifyHostname ? 1 : 0)
+                socket = secure
+            } else {
+                guard let plain = amqp_tcp_socket_new(state) else {
+                    throw AMQPError(code: .connectionFailed, message: "cannot create a socket")
+                }
+                socket = plain
             }
             var timeout = timeval(
                 tv_sec: Int(configuration.connectTimeout.components.seconds),
@@ -54,7 +74,12 @@ final class AMQPSession {
             let reply = cloudscan_amqp_login_plain(
                 state, configuration.virtualHost, 0, 131_072, Int32(configuration.heartbeatSeconds), &properties,
                 configuration.user, configuration.password)
-            try check(reply, "login to vhost \(configuration.virtualHost) as \(configuration.user)")
+            do {
+                try check(reply, "login to vhost \(configuration.virtualHost) as \(configuration.user)")
+            } catch var error as AMQPError {
+                error.code = .loginFailed
+                throw error
+            }
             amqp_channel_open(state, channel)
             try check(amqp_get_rpc_reply(state), "channel.open")
         } catch {
@@ -81,6 +106,16 @@ final class AMQPSession {
     }
 
     var isOpen: Bool { state != nil }
+
+    /// The broker's `connection.start` properties that are text.
+    var serverProperties: [String: String] {
+        guard let state, let table = amqp_get_server_properties(state) else { return [:] }
+        var out: [String: String] = [:]
+        for (key, value) in CDecode.entries(table.pointee) {
+            if let text = CDecode.text(value) { out[key] = text }
+        }
+        return out
+    }
 
     /// The socket, for poll(2) and for the watchdog's shutdown(2).
     var socketDescriptor: Int32 { state.map { amqp_get_sockfd($0) } ?? -1 }

@@ -136,4 +136,113 @@ struct AMQPChaosTests {
         await publisher.close()
         try await topology.delete(broker: broker)
     }
+
+    static let tlsDirectory = "/etc/rabbitmq/cloudscan-tls"
+
+    func tlsBroker(
+        host: String = "localhost", ca: String = "ca.pem", clientCertificate: Bool = true, verifyHostname: Bool = true
+    )
+        -> AMQPConfiguration
+    {
+        var broker = TestBroker.chaosConfiguration()
+        broker.host = host
+        broker.port = TestBroker.chaosTLSPort
+        broker.tls = AMQPConfiguration.TLS(
+            caFile: "\(Self.tlsDirectory)/\(ca)",
+            certificateFile: clientCertificate ? "\(Self.tlsDirectory)/client.pem" : nil,
+            keyFile: clientCertificate ? "\(Self.tlsDirectory)/client.key" : nil, verifyHostname: verifyHostname)
+        return broker
+    }
+
+    @Test("TLS: verified peer and hostname, client certificate; wrong CA, wrong name or no certificate fail")
+    func tls() async throws {
+        #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
+        let broker = tlsBroker()
+        let (topology, exchange, queue) = TestBroker.uniqueTopology("tls")
+        #expect(try await topology.apply(broker: broker).isClean)
+        let publisher = AMQPPublisher(configuration: .init(broker: broker), logger: TestBroker.logger("pub"))
+        try await publisher.publish(
+            AMQPMessage(body: Array("secret".utf8), messageID: "tls-1"), exchange: exchange, routingKey: "work.tls")
+        let consumer = AMQPConsumer(
+            configuration: .init(broker: broker, queue: queue), logger: TestBroker.logger("con"))
+        var iterator = consumer.deliveries.makeAsyncIterator()
+        let delivery = try #require(await iterator.next())
+        #expect(delivery.message.messageID == "tls-1")
+        #expect(delivery.message.body == Array("secret".utf8))
+        try await consumer.ack(delivery)
+        await consumer.close()
+        await publisher.close()
+
+        for (name, bad) in [
+            ("a CA that did not sign the server", tlsBroker(ca: "other-ca.pem")),
+            ("a name the certificate does not carry", tlsBroker(host: "127.0.0.1")),
+            ("no client certificate", tlsBroker(clientCertificate: false)),
+        ] {
+            let error = await #expect(throws: AMQPError.self, "\(name)") {
+                _ = try await AMQPProbe.serverProperties(bad)
+            }
+            #expect(
+                error?.code == .connectionFailed || error?.code == .loginFailed, "\(name): \(String(describing: error))"
+            )
+        }
+        // Hostname verification is what refused 127.0.0.1: without it the same address works.
+        _ = try await AMQPProbe.serverProperties(tlsBroker(host: "127.0.0.1", verifyHostname: false))
+        try await topology.delete(broker: broker)
+    }
+
+    @Test("a publish stuck writing to a silent broker fails within the write deadline, not never")
+    func publishWatchdog() async throws {
+        #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
+        let broker = TestBroker.chaosConfiguration(heartbeatSeconds: 0)
+        let (topology, exchange, _) = TestBroker.uniqueTopology("watchdog", maxLength: 1_000_000)
+        #expect(try await topology.apply(broker: broker).isClean)
+        let publisher = AMQPPublisher(
+            configuration: .init(broker: broker, confirmTimeout: .seconds(120), writeDeadline: .seconds(2)),
+            logger: TestBroker.logger("pub"))
+        try await publisher.publish(
+            AMQPMessage(body: [1], messageID: "warm-up"), exchange: exchange, routingKey: "work.w")
+
+        #expect(try await TestBroker.services("rabbit-chaos-pause") == 0)
+        let started = ContinuousClock.now
+        let big = [UInt8](repeating: 7, count: 1 << 20)
+        let outcomes = await withTaskGroup(of: AMQPError.Code?.self) { group in
+            for n in 0..<40 {
+                group.addTask {
+                    do {
+                        try await publisher.publish(
+                            AMQPMessage(body: big, messageID: "big-\(n)"), exchange: exchange, routingKey: "work.w")
+                        return nil
+                    } catch let error as AMQPError {
+                        return error.code
+                    } catch {
+                        return .protocolError
+                    }
+                }
+            }
+            var codes: [AMQPError.Code?] = []
+            for await code in group { codes.append(code) }
+            return codes
+        }
+        let elapsed = ContinuousClock.now - started
+        #expect(try await TestBroker.services("rabbit-chaos-resume") == 0)
+        print("watchdog: 40 publishes to a paused broker settled after \(elapsed)")
+        #expect(outcomes.allSatisfy { $0 != nil }, "nothing can be confirmed by a paused broker")
+        #expect(outcomes.contains(.connectionLost), "the stuck write was cut by the watchdog")
+        #expect(elapsed < .seconds(30), "without the watchdog these would wait for the 120 s confirm timeout")
+        // The publisher recovers once the broker is back.
+        let recoverBy = ContinuousClock.now + .seconds(30)
+        var recovered = false
+        while !recovered, ContinuousClock.now < recoverBy {
+            do {
+                try await publisher.publish(
+                    AMQPMessage(body: [2], messageID: "after"), exchange: exchange, routingKey: "work.w")
+                recovered = true
+            } catch {
+                try await Task.sleep(for: .milliseconds(300))
+            }
+        }
+        #expect(recovered)
+        await publisher.close()
+        try await topology.delete(broker: broker)
+    }
 }

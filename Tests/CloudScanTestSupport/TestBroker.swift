@@ -10,6 +10,8 @@ public enum TestBroker {
     public static let host = environment["TEST_AMQP_HOST"] ?? "127.0.0.1"
     public static let port = Int(environment["TEST_AMQP_PORT"] ?? "") ?? 5672
     public static let chaosPort = Int(environment["TEST_AMQP_CHAOS_PORT"] ?? "") ?? 5673
+    /// The chaos node's TLS listener (certificates in /etc/rabbitmq/cloudscan-tls).
+    public static let chaosTLSPort = Int(environment["TEST_AMQP_CHAOS_TLS_PORT"] ?? "") ?? 5674
     public static let user = environment["TEST_AMQP_USER"] ?? "cloudscan"
     public static let password = environment["TEST_AMQP_PASSWORD"] ?? "cloudscan"
 
