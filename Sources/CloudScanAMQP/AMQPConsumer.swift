@@ -41,7 +41,7 @@ public final class AMQPConsumer: Sendable {
     }
 
     private enum Command: Sendable {
-        case settle(AMQPDelivery, Settle, CheckedContinuation<Void, Error>)
+        case settle(AMQPDelivery, Settle)
         case stopConsuming
         case close(CheckedContinuation<Void, Never>)
     }
@@ -49,19 +49,23 @@ public final class AMQPConsumer: Sendable {
     private let configuration: Configuration
     private let logger: Logger
     private let worker = AMQPWorkerThread<Command>()
-    private let continuation: AsyncStream<AMQPDelivery>.Continuation
+    private let continuation: AsyncStream<[AMQPDelivery]>.Continuation
     private let connects = Atomic<Int>(0)
     private let connected = Atomic<Bool>(false)
+    /// The generation deliveries can be settled for: the live connection's, 0 while disconnected.
+    private let liveGeneration = Atomic<UInt64>(0)
 
     /// The deliveries, in order. Ends after ``stopConsuming()`` (once the broker confirms the
     /// cancel) or ``close()``. Iterate it from one task.
-    public let deliveries: AsyncStream<AMQPDelivery>
+    public let deliveries: AMQPDeliveries
 
     /// Starts the consumer's thread, which connects and begins consuming.
     public init(configuration: Configuration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
-        (deliveries, continuation) = AsyncStream<AMQPDelivery>.makeStream()
+        let (batches, continuation) = AsyncStream<[AMQPDelivery]>.makeStream()
+        self.continuation = continuation
+        self.deliveries = AMQPDeliveries(batches: batches)
         worker.start(name: "cloudscan.amqp.consumer") { [self] in run() }
     }
 
@@ -99,13 +103,17 @@ public final class AMQPConsumer: Sendable {
         }
     }
 
+    /// Settling does not wait for the consumer's thread: AMQP acks are not confirmed by the broker
+    /// anyway, so once queued for a live connection the outcome is the same as written — and if
+    /// that connection dies first, the broker redelivers, exactly as for an ack lost in flight.
+    /// A delivery of an earlier connection (or of a closed consumer) is refused here.
     private func settle(_ delivery: AMQPDelivery, _ how: Settle) async throws {
-        try await withCheckedThrowingContinuation { continuation in
-            if !worker.submit(.settle(delivery, how, continuation)) {
-                continuation.resume(
-                    throwing: AMQPError(
-                        code: .staleDelivery, message: "the consumer is closed; the broker will redeliver the message"))
-            }
+        guard delivery.generation == liveGeneration.load(ordering: .acquiring) else {
+            throw AMQPError(
+                code: .staleDelivery, message: "the delivery's connection is gone; the broker will redeliver it")
+        }
+        guard worker.submit(.settle(delivery, how)) else {
+            throw AMQPError(code: .staleDelivery, message: "the consumer is closed; the broker will redeliver it")
         }
     }
 
@@ -127,6 +135,7 @@ public final class AMQPConsumer: Sendable {
             session?.destroy()
             session = nil
             connected.store(false, ordering: .relaxed)
+            liveGeneration.store(0, ordering: .releasing)
             consumerTag = nil
             reconnectAt = .now + backoff.next()
         }
@@ -145,6 +154,7 @@ public final class AMQPConsumer: Sendable {
                 backoff.reset()
                 connects.add(1, ordering: .relaxed)
                 connected.store(true, ordering: .relaxed)
+                liveGeneration.store(generation, ordering: .releasing)
                 logger.debug("consumer connected", metadata: ["queue": "\(configuration.queue)"])
             } catch {
                 logger.warning(
@@ -163,14 +173,9 @@ public final class AMQPConsumer: Sendable {
                 + drained.filter { if case .close = $0 { true } else { false } }
             for command in ordered {
                 switch command {
-                case .settle(let delivery, let how, let reply):
-                    guard let current = session, delivery.generation == generation else {
-                        reply.resume(
-                            throwing: AMQPError(
-                                code: .staleDelivery,
-                                message: "the delivery's connection is gone; the broker will redeliver it"))
-                        continue
-                    }
+                case .settle(let delivery, let how):
+                    // A delivery of a connection that died since is void; the broker redelivers it.
+                    guard let current = session, delivery.generation == generation else { continue }
                     do {
                         switch how {
                         case .ack(let multiple): try current.ack(delivery.deliveryTag, multiple: multiple)
@@ -178,9 +183,7 @@ public final class AMQPConsumer: Sendable {
                             try current.nack(delivery.deliveryTag, multiple: multiple, requeue: requeue)
                         case .reject(let requeue): try current.reject(delivery.deliveryTag, requeue: requeue)
                         }
-                        reply.resume()
                     } catch {
-                        reply.resume(throwing: error)
                         drop(error)
                     }
                 case .stopConsuming:
@@ -191,15 +194,14 @@ public final class AMQPConsumer: Sendable {
                         continuation.finish()
                     }
                 case .close(let reply):
+                    liveGeneration.store(0, ordering: .releasing)
                     session?.close()
                     session = nil
                     connected.store(false, ordering: .relaxed)
                     continuation.finish()
                     for left in worker.stop() {
                         switch left {
-                        case .settle(_, _, let settleReply):
-                            settleReply.resume(
-                                throwing: AMQPError(code: .staleDelivery, message: "the consumer is closed"))
+                        case .settle: break  // unsettled: the broker redelivers after the close
                         case .close(let closeReply): closeReply.resume()
                         case .stopConsuming: break
                         }
@@ -210,11 +212,18 @@ public final class AMQPConsumer: Sendable {
             }
 
             if let current = session {
+                // Hand deliveries over in bursts: one wake-up of the consuming task per burst.
+                var burst: [AMQPDelivery] = []
+                defer { if !burst.isEmpty { continuation.yield(burst) } }
                 do {
                     while let incoming = try current.nextIncoming(generation: generation) {
                         switch incoming {
                         case .deliver(let delivery):
-                            continuation.yield(delivery)
+                            burst.append(delivery)
+                            if burst.count >= 256 {
+                                continuation.yield(burst)
+                                burst = []
+                            }
                         case .consumerCancelled:
                             // The broker cancelled us (queue deleted, failover): consume again.
                             logger.warning(
@@ -242,6 +251,33 @@ public final class AMQPConsumer: Sendable {
             let untilReconnect = max(0, Int32((reconnectAt - .now).milliseconds))
             let timeout = session == nil ? (consuming ? min(untilReconnect, 1000) : 1000) : heartbeatWait
             worker.wait(socket: session?.socketDescriptor ?? -1, milliseconds: timeout)
+        }
+    }
+}
+
+/// A consumer's deliveries, one at a time, handed over from the consumer's thread in bursts.
+public struct AMQPDeliveries: AsyncSequence, Sendable {
+    public typealias Element = AMQPDelivery
+    let batches: AsyncStream<[AMQPDelivery]>
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(batches: batches.makeAsyncIterator())
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var batches: AsyncStream<[AMQPDelivery]>.AsyncIterator
+        var buffer: [AMQPDelivery] = []
+        var index = 0
+
+        public mutating func next() async -> AMQPDelivery? {
+            if index < buffer.count {
+                index += 1
+                return buffer[index - 1]
+            }
+            guard let batch = await batches.next(), !batch.isEmpty else { return nil }
+            buffer = batch
+            index = 1
+            return batch[0]
         }
     }
 }
