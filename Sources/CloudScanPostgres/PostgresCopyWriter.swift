@@ -17,7 +17,7 @@ public struct PostgresCopyWriter {
     public mutating func writeRow(_ fields: [(any PostgresEncodable)?]) throws {
         for (index, field) in fields.enumerated() {
             if index > 0 { buffer.append(0x09) }
-            if let field { appendEscaped(field.postgresText) } else { buffer.append(contentsOf: [0x5C, 0x4E]) }
+            if let field { append(field) } else { buffer.append(contentsOf: [0x5C, 0x4E]) }
         }
         buffer.append(0x0A)
         rowsWritten += 1
@@ -48,8 +48,30 @@ public struct PostgresCopyWriter {
         buffer.removeAll(keepingCapacity: true)
     }
 
-    private mutating func appendEscaped(_ text: String) {
-        for byte in text.utf8 {
+    private mutating func append<T: PostgresEncodable>(_ field: T) {
+        guard T.postgresTextMayNeedEscaping else {
+            field.appendPostgresText(to: &buffer)
+            return
+        }
+        let start = buffer.count
+        field.appendPostgresText(to: &buffer)
+        // Most text needs no escaping: scan what was appended, and only rewrite it if it must.
+        var needsEscaping = false
+        for index in start..<buffer.count {
+            let byte = buffer[index]
+            if byte == 0x5C || byte == 0x09 || byte == 0x0A || byte == 0x0D {
+                needsEscaping = true
+                break
+            }
+        }
+        guard needsEscaping else { return }
+        let raw = Array(buffer[start...])
+        buffer.removeSubrange(start...)
+        appendEscaped(raw)
+    }
+
+    private mutating func appendEscaped(_ bytes: [UInt8]) {
+        for byte in bytes {
             switch byte {
             case 0x5C: buffer.append(contentsOf: [0x5C, 0x5C])  // backslash
             case 0x09: buffer.append(contentsOf: [0x5C, 0x74])  // \t

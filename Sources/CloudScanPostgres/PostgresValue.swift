@@ -27,6 +27,17 @@ public protocol PostgresEncodable: Sendable {
     static var postgresDataType: PostgresDataType { get }
     /// The value in PostgreSQL's text format.
     var postgresText: String { get }
+    /// Appends ``postgresText``'s UTF-8 bytes (types with a cheaper path override it: COPY uses it).
+    func appendPostgresText(to buffer: inout [UInt8])
+    /// Whether the text can contain a byte COPY's text format must escape (tab, newline, CR, backslash).
+    static var postgresTextMayNeedEscaping: Bool { get }
+}
+
+extension PostgresEncodable {
+    public func appendPostgresText(to buffer: inout [UInt8]) {
+        buffer.append(contentsOf: postgresText.utf8)
+    }
+    public static var postgresTextMayNeedEscaping: Bool { true }
 }
 
 /// A Swift value that can be decoded from a result column (text format).
@@ -79,6 +90,8 @@ extension Bool: PostgresCodable {
 extension Int: PostgresCodable {
     public static var postgresDataType: PostgresDataType { .int8 }
     public var postgresText: String { String(self) }
+    public static var postgresTextMayNeedEscaping: Bool { false }
+    public func appendPostgresText(to buffer: inout [UInt8]) { PostgresDigits.append(Int64(self), to: &buffer) }
     public static func decode(postgresText: String, type: PostgresDataType) throws -> Int {
         guard let value = Int(postgresText) else { throw decodingError(postgresText, Int.self, type) }
         return value
@@ -88,6 +101,8 @@ extension Int: PostgresCodable {
 extension Int32: PostgresCodable {
     public static var postgresDataType: PostgresDataType { .int4 }
     public var postgresText: String { String(self) }
+    public static var postgresTextMayNeedEscaping: Bool { false }
+    public func appendPostgresText(to buffer: inout [UInt8]) { PostgresDigits.append(Int64(self), to: &buffer) }
     public static func decode(postgresText: String, type: PostgresDataType) throws -> Int32 {
         guard let value = Int32(postgresText) else { throw decodingError(postgresText, Int32.self, type) }
         return value
@@ -97,6 +112,8 @@ extension Int32: PostgresCodable {
 extension Int64: PostgresCodable {
     public static var postgresDataType: PostgresDataType { .int8 }
     public var postgresText: String { String(self) }
+    public static var postgresTextMayNeedEscaping: Bool { false }
+    public func appendPostgresText(to buffer: inout [UInt8]) { PostgresDigits.append(self, to: &buffer) }
     public static func decode(postgresText: String, type: PostgresDataType) throws -> Int64 {
         guard let value = Int64(postgresText) else { throw decodingError(postgresText, Int64.self, type) }
         return value
@@ -115,6 +132,17 @@ extension Double: PostgresCodable {
 extension UUID: PostgresCodable {
     public static var postgresDataType: PostgresDataType { .uuid }
     public var postgresText: String { uuidString.lowercased() }
+    public static var postgresTextMayNeedEscaping: Bool { false }
+    public func appendPostgresText(to buffer: inout [UInt8]) {
+        let hex: [UInt8] = Array("0123456789abcdef".utf8)
+        withUnsafeBytes(of: uuid) { bytes in
+            for (index, byte) in bytes.enumerated() {
+                if index == 4 || index == 6 || index == 8 || index == 10 { buffer.append(UInt8(ascii: "-")) }
+                buffer.append(hex[Int(byte >> 4)])
+                buffer.append(hex[Int(byte & 0x0F)])
+            }
+        }
+    }
     public static func decode(postgresText: String, type: PostgresDataType) throws -> UUID {
         guard let value = UUID(uuidString: postgresText) else { throw decodingError(postgresText, UUID.self, type) }
         return value
@@ -125,6 +153,7 @@ extension Date: PostgresCodable {
     public static var postgresDataType: PostgresDataType { .timestamptz }
     /// `YYYY-MM-DD HH:MM:SS.ffffff+00`, always UTC, microsecond precision.
     public var postgresText: String { PostgresTimestamp.format(self) }
+    public static var postgresTextMayNeedEscaping: Bool { false }
     public static func decode(postgresText: String, type: PostgresDataType) throws -> Date {
         guard let value = PostgresTimestamp.parse(postgresText) else {
             throw decodingError(postgresText, Date.self, type)
@@ -244,6 +273,26 @@ enum PostgresArrayLiteral {
             index += 1
         }
         return values
+    }
+}
+
+/// Decimal digits without an intermediate String.
+enum PostgresDigits {
+    static func append(_ value: Int64, to buffer: inout [UInt8]) {
+        if value == 0 {
+            buffer.append(UInt8(ascii: "0"))
+            return
+        }
+        var magnitude = value.magnitude
+        var scratch = [UInt8](repeating: 0, count: 20)
+        var index = 20
+        while magnitude > 0 {
+            index -= 1
+            scratch[index] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+            magnitude /= 10
+        }
+        if value < 0 { buffer.append(UInt8(ascii: "-")) }
+        buffer.append(contentsOf: scratch[index...])
     }
 }
 

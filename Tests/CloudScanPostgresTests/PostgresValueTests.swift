@@ -66,4 +66,29 @@ struct PostgresValueTests {
         #expect(configuration.sessionOptions.contains("-c search_path=tenant\\ one"))
         #expect(configuration.sessionOptions.contains("-c statement_timeout=1500"))
     }
+
+    @Test("the COPY fast paths write the same text as postgresText")
+    func copyFastPaths() {
+        func bytes<T: PostgresEncodable>(_ value: T) -> String {
+            var buffer: [UInt8] = []
+            value.appendPostgresText(to: &buffer)
+            return String(decoding: buffer, as: UTF8.self)
+        }
+        let id = UUID()
+        #expect(bytes(id) == id.uuidString.lowercased())
+        for n in [0, 7, -7, 1234567890, Int.max, Int.min + 1] { #expect(bytes(n) == String(n)) }
+        #expect(bytes(Int32.min) == String(Int32.min))
+        #expect(bytes(Int64(-42)) == "-42")
+        var writer = PostgresCopyWriter.forFile { _ in }
+        #expect(throws: Never.self) { try writer.writeRow([id, 5, "a\tb\\c", nil]) }
+    }
+
+    @Test("COPY rows: fields separated by tabs, special bytes escaped, NULL as \\N")
+    func copyEncoding() throws {
+        var out: [UInt8] = []
+        var writer = PostgresCopyWriter.forFile { out.append(contentsOf: $0) }
+        try writer.writeRow(["plain", "tab\there", "new\nline", "back\\slash", nil, 42])
+        try writer.flush()
+        #expect(String(decoding: out, as: UTF8.self) == "plain\ttab\\there\tnew\\nline\tback\\\\slash\t\\N\t42\n")
+    }
 }
