@@ -245,4 +245,87 @@ struct AMQPChaosTests {
         await publisher.close()
         try await topology.delete(broker: broker)
     }
+
+    @Test("a resource alarm blocks publishing: held publishes fail with .blocked, the in-flight one lands after")
+    func connectionBlocked() async throws {
+        #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
+        let broker = TestBroker.chaosConfiguration()
+        let (topology, exchange, queue) = TestBroker.uniqueTopology("blocked")
+        #expect(try await topology.apply(broker: broker).isClean)
+        let publisher = AMQPPublisher(
+            configuration: .init(broker: broker, confirmTimeout: .seconds(60), writeDeadline: .seconds(2)),
+            logger: TestBroker.logger("pub"))
+        try await publisher.publish(
+            AMQPMessage(body: [0], messageID: "before"), exchange: exchange, routingKey: "work.b")
+
+        let chaosCtl = ["rabbitmqctl", "-n", "rabbit-chaos@localhost", "-q"]
+        #expect(try await runCommand(chaosCtl + ["set_vm_memory_high_watermark", "0.000001"]) == 0)
+        do {
+            // The first publish after the alarm is written; the broker stops reading and says blocked.
+            let first = Task {
+                try await publisher.publish(
+                    AMQPMessage(body: [1], messageID: "during"), exchange: exchange, routingKey: "work.b")
+            }
+            try await Task.sleep(for: .seconds(1))
+            let started = ContinuousClock.now
+            let error = await #expect(throws: AMQPError.self) {
+                try await publisher.publish(
+                    AMQPMessage(body: [2], messageID: "held"), exchange: exchange, routingKey: "work.b")
+            }
+            #expect(error?.code == .blocked)
+            #expect(ContinuousClock.now - started < .seconds(10))
+            #expect(try await runCommand(chaosCtl + ["set_vm_memory_high_watermark", "0.4"]) == 0)
+            try await first.value  // confirmed once the alarm clears
+        } catch {
+            _ = try? await runCommand(chaosCtl + ["set_vm_memory_high_watermark", "0.4"])
+            throw error
+        }
+        try await publisher.publish(
+            AMQPMessage(body: [3], messageID: "after"), exchange: exchange, routingKey: "work.b")
+        let consumer = AMQPConsumer(
+            configuration: .init(broker: broker, queue: queue), logger: TestBroker.logger("con"))
+        var ids: [String] = []
+        for await delivery in consumer.deliveries {
+            ids.append(delivery.message.messageID ?? "")
+            try await consumer.ack(delivery)
+            if ids.count == 3 { break }
+        }
+        #expect(ids == ["before", "during", "after"])
+        await consumer.close()
+        await publisher.close()
+        try await topology.delete(broker: broker)
+    }
+
+    @Test("a consumer whose queue is deleted under it re-declares it and goes on consuming")
+    func queueDeletedUnderConsumer() async throws {
+        #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
+        let broker = TestBroker.chaosConfiguration()
+        let (topology, exchange, queue) = TestBroker.uniqueTopology("cancelled")
+        var configuration = AMQPConsumer.Configuration(broker: broker, queue: queue, topology: topology)
+        configuration.reconnectBackoff = Backoff(initial: .milliseconds(100), maximum: .milliseconds(500))
+        let consumer = AMQPConsumer(configuration: configuration, logger: TestBroker.logger("con"))
+        while !consumer.isConnected { try await Task.sleep(for: .milliseconds(50)) }
+        try await topology.delete(broker: broker)  // the broker cancels the consumer (basic.cancel)
+        let publisher = AMQPPublisher(configuration: .init(broker: broker), logger: TestBroker.logger("pub"))
+        var published = false
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !published, ContinuousClock.now < deadline {
+            do {
+                try await publisher.publish(
+                    AMQPMessage(body: [9], messageID: "again"), exchange: exchange, routingKey: "work.c")
+                published = true
+            } catch {
+                try await Task.sleep(for: .milliseconds(200))  // until the consumer has re-declared the queue
+            }
+        }
+        #expect(published)
+        var iterator = consumer.deliveries.makeAsyncIterator()
+        let delivery = try #require(await iterator.next())
+        #expect(delivery.message.messageID == "again")
+        #expect(consumer.connectionCount >= 2)
+        try await consumer.ack(delivery)
+        await consumer.close()
+        await publisher.close()
+        try await topology.delete(broker: broker)
+    }
 }
