@@ -12,6 +12,7 @@ struct Dev: AsyncParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @Option(help: "The Migrations directory (env MIGRATIONS_DIR).") var migrations: String?
     @Option(name: .customLong("amqp-url"), help: "amqp:// URL of the broker (env AMQP_URL).") var amqpURL: String?
+    @Option(help: "The topology file (env TOPOLOGY_FILE).") var topology: String?
     @Flag(help: "Check the servers and migrate, then exit.") var check = false
 
     func run() async throws {
@@ -32,6 +33,12 @@ struct Dev: AsyncParsableCommand {
         logger.info(
             "broker reachable",
             metadata: ["product": "\(server["product"] ?? "?")", "version": "\(server["version"] ?? "?")"])
+        let topologyFile = try locateRepositoryFile(
+            "topology/topology.json", flag: topology ?? ProcessInfo.processInfo.environment["TOPOLOGY_FILE"])
+        let report = try await AMQPTopology.load(from: topologyFile).apply(broker: broker)
+        for problem in report.problems { logger.error("topology drift", metadata: ["problem": "\(problem.message)"]) }
+        guard report.isClean else { throw ExitCode(3) }
+        logger.info("topology declared", metadata: ["objects": "\(report.declared.count)"])
         await client.shutdown()
         if check { return }
         logger.notice("cloudscan dev is up; roles beyond migrate are not built yet (see NOTES.md). Ctrl-C to stop.")

@@ -41,18 +41,23 @@ struct DatabaseOptions: ParsableArguments {
 /// Where the Migrations/ directory is: the flag, then MIGRATIONS_DIR, then ./Migrations, then the
 /// one beside the build folder the binary runs from.
 func locateMigrations(_ flag: String?) throws -> URL {
-    let environment = ProcessInfo.processInfo.environment
-    if let path = flag ?? environment["MIGRATIONS_DIR"] { return URL(fileURLWithPath: path) }
+    try locateRepositoryFile("Migrations", flag: flag ?? ProcessInfo.processInfo.environment["MIGRATIONS_DIR"])
+}
+
+/// A file of the repository (Migrations, topology): the explicit path, else relative to the
+/// working directory, else relative to the binary's build folder.
+func locateRepositoryFile(_ relativePath: String, flag: String?) throws -> URL {
+    if let flag { return URL(fileURLWithPath: flag) }
     var candidates = [
-        URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("Migrations")
+        URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(relativePath)
     ]
     var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
     for _ in 0..<5 {
-        candidates.append(directory.appendingPathComponent("Migrations"))
+        candidates.append(directory.appendingPathComponent(relativePath))
         directory = directory.deletingLastPathComponent()
     }
     guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0.path) }) else {
-        throw ValidationError("no Migrations directory found; pass --migrations DIR or set MIGRATIONS_DIR")
+        throw ValidationError("\(relativePath) not found; pass its path explicitly")
     }
     return found
 }
