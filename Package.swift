@@ -65,6 +65,28 @@ let package = Package(
             ]
         ),
 
+        // The service layer behind both API transports.
+        .target(
+            name: "CloudScanService",
+            dependencies: [
+                "CloudScanCore",
+                "CloudScanPostgres",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // Workers: the outbox relay (more roles as they come).
+        .target(
+            name: "CloudScanWorkers",
+            dependencies: [
+                "CloudScanCore",
+                "CloudScanPostgres",
+                "CloudScanAMQP",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
         // The one executable, a subcommand per role.
         .executableTarget(
             name: "CloudScanCLI",
@@ -99,6 +121,14 @@ let package = Package(
         ),
         .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore", "CloudScanTestSupport"]),
         .testTarget(name: "CloudScanHTTPTests", dependencies: ["CloudScanHTTP", "CloudScanTestSupport"]),
+        .testTarget(
+            name: "CloudScanServiceTests",
+            dependencies: [
+                "CloudScanService", "CloudScanWorkers", "CloudScanCore", "CloudScanPostgres", "CloudScanAMQP",
+                "CloudScanTestSupport", .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .testTarget(
             name: "CloudScanAMQPTests",
             dependencies: [

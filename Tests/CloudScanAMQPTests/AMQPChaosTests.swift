@@ -5,7 +5,7 @@ import Synchronization
 import Testing
 
 /// Kills and pauses the chaos RabbitMQ node (port 5673), which no other test uses.
-@Suite("AMQP when the broker dies or goes silent (chaos node)", .serialized)
+@Suite("AMQP when the broker dies or goes silent (chaos node)", .serialized, .chaosNode)
 struct AMQPChaosTests {
     final class Ledger: Sendable {
         let confirmed = Mutex<Set<String>>([])

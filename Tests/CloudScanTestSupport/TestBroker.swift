@@ -1,6 +1,7 @@
 import CloudScanAMQP
 import Foundation
 import Logging
+import Testing
 
 /// The live RabbitMQ nodes `scripts/services start` runs: the shared one (tests use unique queue
 /// and exchange names, or a vhost of their own) and the chaos node that only serialized tests kill
@@ -58,4 +59,40 @@ public enum TestBroker {
     }
 
     public static func logger(_ label: String) -> Logger { TestDatabase.logger(label) }
+}
+
+/// Serializes tests that kill, pause or restart the chaos RabbitMQ node, across suites and targets
+/// (Swift Testing runs suites in parallel within one process).
+public actor ChaosNodeLock {
+    public static let shared = ChaosNodeLock()
+    private var busy = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    /// Runs `body` while no other chaos test runs.
+    public func exclusive<R: Sendable>(_ body: @Sendable () async throws -> R) async rethrows -> R {
+        if busy {
+            await withCheckedContinuation { waiters.append($0) }
+        }
+        busy = true
+        defer {
+            if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
+        }
+        return try await body()
+    }
+}
+
+/// `.chaosNode`: the test (or every test of the suite) holds ``ChaosNodeLock`` while it runs.
+public struct ChaosNodeTrait: TestTrait, SuiteTrait, TestScoping {
+    public var isRecursive: Bool { true }
+    public func provideScope(
+        for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
+    ) async throws {
+        guard testCase != nil else { return try await function() }  // lock per test, not per suite
+        try await ChaosNodeLock.shared.exclusive { try await function() }
+    }
+}
+
+extension Trait where Self == ChaosNodeTrait {
+    /// Uses the chaos RabbitMQ node, which it may kill or pause.
+    public static var chaosNode: Self { ChaosNodeTrait() }
 }

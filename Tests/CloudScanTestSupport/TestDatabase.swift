@@ -98,3 +98,30 @@ public struct TestDatabase: Sendable {
         }
     }
 }
+
+extension TestDatabase {
+    /// Creates an organization with one project, acting as that organization (as the services'
+    /// role would after an admin created it). Returns their ids.
+    public static func seedOrganization(
+        _ client: PostgresClient, queuedScanCap: Int = 1000,
+        enabledScanTypes: [String] = ["sast", "secrets", "iac", "sca"],
+        projectKey: String = "proj-123"
+    ) async throws -> (organization: UUID, project: UUID) {
+        let organization = UUID()
+        let project = UUID()
+        try await client.withTransaction(organizationID: organization) { c in
+            try await c.execute(
+                """
+                INSERT INTO organizations (id, slug, name, queued_scan_cap, enabled_scan_types)
+                VALUES (\(organization), \("org-\(organization.uuidString.prefix(8).lowercased())"), 'Test org',
+                        \(Int32(queuedScanCap)), \(enabledScanTypes))
+                """)
+            try await c.execute(
+                """
+                INSERT INTO projects (id, organization_id, name, external_key)
+                VALUES (\(project), \(organization), 'Test project', \(projectKey))
+                """)
+        }
+        return (organization, project)
+    }
+}

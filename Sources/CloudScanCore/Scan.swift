@@ -1,0 +1,144 @@
+import Foundation
+
+/// Findings per severity.
+public struct SeverityCounts: Sendable, Hashable, Codable {
+    public var critical = 0
+    public var high = 0
+    public var medium = 0
+    public var low = 0
+    public var info = 0
+    public init() {}
+}
+
+/// A scan as the API shows it.
+public struct Scan: Sendable, Hashable {
+    public var id: UUID
+    public var organizationID: UUID
+    public var projectID: UUID
+    public var status: ScanStatus
+    public var scanTypes: [ScanType]
+    public var artifactURL: String
+    public var artifactSHA256: String?
+    public var attempt: Int
+    public var timeoutSeconds: Int
+    public var labels: [String: String]
+    public var failureReason: String?
+    public var counts: SeverityCounts
+    public var createdAt: Date
+    public var updatedAt: Date
+    public var finishedAt: Date?
+
+    public init(
+        id: UUID, organizationID: UUID, projectID: UUID, status: ScanStatus, scanTypes: [ScanType], artifactURL: String,
+        artifactSHA256: String?, attempt: Int, timeoutSeconds: Int, labels: [String: String], failureReason: String?,
+        counts: SeverityCounts, createdAt: Date, updatedAt: Date, finishedAt: Date?
+    ) {
+        self.id = id
+        self.organizationID = organizationID
+        self.projectID = projectID
+        self.status = status
+        self.scanTypes = scanTypes
+        self.artifactURL = artifactURL
+        self.artifactSHA256 = artifactSHA256
+        self.attempt = attempt
+        self.timeoutSeconds = timeoutSeconds
+        self.labels = labels
+        self.failureReason = failureReason
+        self.counts = counts
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.finishedAt = finishedAt
+    }
+}
+
+/// What a caller asks for when creating a scan.
+public struct CreateScanRequest: Sendable, Hashable, Codable {
+    public var project: ScanCreateMessage.ProjectReference
+    public var scanTypes: [String]
+    public var artifactURL: String
+    public var artifactSHA256: String?
+    public var timeoutSeconds: Int?
+    public var labels: [String: String]
+
+    public init(
+        project: ScanCreateMessage.ProjectReference, scanTypes: [String], artifactURL: String,
+        artifactSHA256: String? = nil, timeoutSeconds: Int? = nil, labels: [String: String] = [:]
+    ) {
+        self.project = project
+        self.scanTypes = scanTypes
+        self.artifactURL = artifactURL
+        self.artifactSHA256 = artifactSHA256
+        self.timeoutSeconds = timeoutSeconds
+        self.labels = labels
+    }
+
+    /// Checks sizes and formats; returns the parsed scan types. Every failure names its field.
+    public func validated() throws(ScanServiceError) -> [ScanType] {
+        if project.id == nil && (project.externalKey ?? "").isEmpty {
+            throw .invalidArgument(field: "project", "give a project id or external_key")
+        }
+        if let key = project.externalKey, key.count > 200 {
+            throw .invalidArgument(field: "project.external_key", "at most 200 characters")
+        }
+        if scanTypes.isEmpty { throw .invalidArgument(field: "scan_types", "at least one scan type") }
+        var types: [ScanType] = []
+        for text in scanTypes {
+            guard let type = ScanType(rawValue: text) else {
+                throw .invalidArgument(
+                    field: "scan_types", "unknown scan type '\(text.prefix(40))'; known: sast, secrets, iac, sca")
+            }
+            if types.contains(type) { throw .invalidArgument(field: "scan_types", "'\(text)' appears twice") }
+            types.append(type)
+        }
+        let schemes = ["https://", "http://", "file://", "s3://"]
+        if artifactURL.isEmpty || artifactURL.utf8.count > 2048 || !schemes.contains(where: artifactURL.hasPrefix) {
+            throw .invalidArgument(field: "artifact.url", "an https, http, file or s3 URL of at most 2048 bytes")
+        }
+        if let sha = artifactSHA256, sha.count != 64 || !sha.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) {
+            throw .invalidArgument(field: "artifact.sha256", "64 lowercase hex characters")
+        }
+        if let timeout = timeoutSeconds, !(30...86_400).contains(timeout) {
+            throw .invalidArgument(field: "timeout_seconds", "between 30 and 86400")
+        }
+        if labels.count > 64 { throw .invalidArgument(field: "labels", "at most 64 labels") }
+        for (key, value) in labels {
+            let allowed = key.utf8.allSatisfy { byte in
+                (byte >= 97 && byte <= 122) || (byte >= 48 && byte <= 57) || byte == 45 || byte == 46 || byte == 95
+                    || byte == 47
+            }
+            if key.isEmpty || key.utf8.count > 63 || !allowed {
+                throw .invalidArgument(field: "labels", "label keys are 1–63 characters of a-z 0-9 . _ - /")
+            }
+            if value.utf8.count > 256 { throw .invalidArgument(field: "labels.\(key)", "at most 256 bytes") }
+        }
+        return types
+    }
+}
+
+/// The service layer's errors; each transport maps them (HTTP problem+json, gRPC status).
+public struct ScanServiceError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable, Hashable {
+        case invalidArgument, notFound, conflict, failedPrecondition, resourceExhausted, permissionDenied
+    }
+    public var code: Code
+    public var message: String
+    /// The request field at fault, for invalid arguments.
+    public var field: String?
+    /// Seconds a caller should wait, for resource exhaustion.
+    public var retryAfterSeconds: Int?
+
+    public init(code: Code, message: String, field: String? = nil, retryAfterSeconds: Int? = nil) {
+        self.code = code
+        self.message = message
+        self.field = field
+        self.retryAfterSeconds = retryAfterSeconds
+    }
+
+    public static func invalidArgument(field: String, _ message: String) -> ScanServiceError {
+        ScanServiceError(code: .invalidArgument, message: message, field: field)
+    }
+
+    public var description: String {
+        "ScanServiceError(\(code.rawValue)\(field.map { ", field: \($0)" } ?? ""): \(message))"
+    }
+}

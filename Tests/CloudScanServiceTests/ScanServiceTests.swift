@@ -1,0 +1,211 @@
+import CloudScanCore
+import CloudScanPostgres
+import CloudScanService
+import CloudScanTestSupport
+import Foundation
+import Testing
+
+/// The service layer against the live PostgreSQL, as the services' role (RLS applies).
+@Suite("ScanService (live server)")
+struct ScanServiceTests {
+    func request(_ key: String = "proj-123", types: [String] = ["sast", "secrets"]) -> CreateScanRequest {
+        CreateScanRequest(
+            project: .init(externalKey: key), scanTypes: types, artifactURL: "https://storage.local/a.tar.gz",
+            labels: ["branch": "main"])
+    }
+
+    func withService<R>(
+        cap: Int = 1000, _ body: (ScanService, PostgresClient, UUID, UUID) async throws -> R
+    ) async throws -> R {
+        try await TestDatabase.withSchema("svc", migrated: true) { db in
+            try await TestDatabase.withClient(db.appConfiguration()) { app in
+                let (org, project) = try await TestDatabase.seedOrganization(app, queuedScanCap: cap)
+                return try await body(ScanService(client: app, logger: TestDatabase.logger("svc")), app, org, project)
+            }
+        }
+    }
+
+    @Test("create writes the scan, its first event and the scan.create outbox row in one transaction")
+    func createWritesAllThree() async throws {
+        try await withService { service, app, org, project in
+            let created = try await service.createScan(
+                organizationID: org, request: request(),
+                traceparent: "00-\(String(repeating: "1", count: 32))-\(String(repeating: "2", count: 16))-01")
+            #expect(!created.replayed)
+            #expect(created.scan.status == .queued)
+            #expect(created.scan.projectID == project)
+            #expect(created.scan.scanTypes == [.sast, .secrets])
+            #expect(created.scan.labels == ["branch": "main"])
+            try await app.withTransaction(organizationID: org) { c in
+                let events = try await c.query(
+                    "SELECT to_status, actor FROM scan_events WHERE scan_id = \(created.scan.id)")
+                #expect(events.count == 1)
+                #expect(try events[0].decode(String.self, at: 0) == "queued")
+                let outbox = try await c.query(
+                    "SELECT exchange, routing_key, message_type, payload, headers, sent_at IS NULL FROM outbox")
+                #expect(outbox.count == 1)
+                let row = try #require(outbox.first)
+                #expect(try row.decode(String.self, at: 0) == "cloudscan.commands")
+                #expect(try row.decode(String.self, at: 1) == "scan.create")
+                #expect(try row.decode(String.self, at: 2) == "scan.create.v1")
+                let payload = try MessageCoding.decoder().decode(
+                    ScanCreateMessage.self, from: Data(try row.decode(PostgresJSONB.self, at: 3).text.utf8))
+                #expect(payload.scanID == created.scan.id)
+                #expect(payload.organizationID == org)
+                #expect(payload.project.id == project)
+                let headers = try row.decode(PostgresJSONB.self, at: 4).decode([String: String].self)
+                #expect(headers["x-organization-id"] == org.uuidString.lowercased())
+                #expect(headers["traceparent"]?.hasPrefix("00-1111") == true)
+                #expect(try row.decode(Bool.self, at: 5))
+            }
+        }
+    }
+
+    @Test("validation names the offending field")
+    func validation() async throws {
+        try await withService { service, _, org, _ in
+            let cases: [(CreateScanRequest, String)] = [
+                (request(types: ["dast"]), "scan_types"),
+                (request(types: []), "scan_types"),
+                (request(types: ["sast", "sast"]), "scan_types"),
+                (request("no-such-project"), "project"),
+                (
+                    CreateScanRequest(
+                        project: .init(externalKey: "proj-123"), scanTypes: ["sast"], artifactURL: "ftp://x"),
+                    "artifact.url"
+                ),
+                (
+                    CreateScanRequest(
+                        project: .init(externalKey: "proj-123"), scanTypes: ["sast"], artifactURL: "https://x",
+                        artifactSHA256: "ABC"), "artifact.sha256"
+                ),
+                (
+                    CreateScanRequest(
+                        project: .init(externalKey: "proj-123"), scanTypes: ["sast"], artifactURL: "https://x",
+                        timeoutSeconds: 5), "timeout_seconds"
+                ),
+                (
+                    CreateScanRequest(
+                        project: .init(externalKey: "proj-123"), scanTypes: ["sast"], artifactURL: "https://x",
+                        labels: ["Bad Key": "v"]), "labels"
+                ),
+            ]
+            for (bad, field) in cases {
+                let error = await #expect(throws: ScanServiceError.self) {
+                    try await service.createScan(organizationID: org, request: bad)
+                }
+                #expect(error?.code == .invalidArgument)
+                #expect(error?.field == field, "\(String(describing: error))")
+            }
+        }
+    }
+
+    @Test("Idempotency-Key: same key and body → same scan; same key, other body → conflict")
+    func idempotency() async throws {
+        try await withService { service, app, org, _ in
+            let first = try await service.createScan(organizationID: org, request: request(), idempotencyKey: "k-1")
+            let again = try await service.createScan(organizationID: org, request: request(), idempotencyKey: "k-1")
+            #expect(again.scan.id == first.scan.id)
+            #expect(again.replayed)
+            let error = await #expect(throws: ScanServiceError.self) {
+                try await service.createScan(
+                    organizationID: org, request: request(types: ["iac"]), idempotencyKey: "k-1")
+            }
+            #expect(error?.code == .conflict)
+            let other = try await service.createScan(organizationID: org, request: request(), idempotencyKey: "k-2")
+            #expect(other.scan.id != first.scan.id)
+            let outbox = try await app.withTransaction(organizationID: org) { c in
+                try await c.query("SELECT count(*) FROM outbox").single().decode(Int.self, at: 0)
+            }
+            #expect(outbox == 2, "a replay publishes nothing")
+        }
+    }
+
+    @Test("another organization's scan is not found: get, list and cancel")
+    func tenancy() async throws {
+        try await withService { service, app, orgA, _ in
+            let (orgB, _) = try await TestDatabase.seedOrganization(app, projectKey: "proj-b")
+            let scanA = try await service.createScan(organizationID: orgA, request: request()).scan
+            let get = await #expect(throws: ScanServiceError.self) {
+                try await service.getScan(organizationID: orgB, id: scanA.id)
+            }
+            #expect(get?.code == .notFound)
+            let cancel = await #expect(throws: ScanServiceError.self) {
+                try await service.cancelScan(organizationID: orgB, id: scanA.id, requestedBy: "b")
+            }
+            #expect(cancel?.code == .notFound)
+            #expect(try await service.listScans(organizationID: orgB).scans.isEmpty)
+            #expect(try await service.listScans(organizationID: orgA).scans.map(\.id) == [scanA.id])
+            // B cannot use A's project either.
+            let project = await #expect(throws: ScanServiceError.self) {
+                try await service.createScan(organizationID: orgB, request: request("proj-123"))
+            }
+            #expect(project?.field == "project")
+            #expect(try await service.getScan(organizationID: orgA, id: scanA.id).status == .queued)
+        }
+    }
+
+    @Test("cancel: a queued scan is canceled and scan.cancel is queued; a finished one is a failed precondition")
+    func cancel() async throws {
+        try await withService { service, app, org, _ in
+            let scan = try await service.createScan(organizationID: org, request: request()).scan
+            let canceled = try await service.cancelScan(organizationID: org, id: scan.id, requestedBy: "gateway")
+            #expect(canceled.status == .canceled)
+            #expect(canceled.finishedAt != nil)
+            let again = await #expect(throws: ScanServiceError.self) {
+                try await service.cancelScan(organizationID: org, id: scan.id, requestedBy: "gateway")
+            }
+            #expect(again?.code == .failedPrecondition)
+            let rows = try await app.withTransaction(organizationID: org) { c in
+                try await c.query("SELECT message_type FROM outbox ORDER BY id").map {
+                    try $0.decode(String.self, at: 0)
+                }
+            }
+            #expect(rows == ["scan.create.v1", "scan.cancel.v1"])
+            let events = try await app.withTransaction(organizationID: org) { c in
+                try await c.query("SELECT to_status FROM scan_events WHERE scan_id = \(scan.id) ORDER BY id").map {
+                    try $0.decode(String.self, at: 0)
+                }
+            }
+            #expect(events == ["queued", "canceled"])
+        }
+    }
+
+    @Test("admission: past the queued-scan cap, create is refused with a retry hint")
+    func queuedCap() async throws {
+        try await withService(cap: 2) { service, _, org, _ in
+            _ = try await service.createScan(organizationID: org, request: request())
+            _ = try await service.createScan(organizationID: org, request: request())
+            let error = await #expect(throws: ScanServiceError.self) {
+                try await service.createScan(organizationID: org, request: request())
+            }
+            #expect(error?.code == .resourceExhausted)
+            #expect(error?.retryAfterSeconds == 30)
+        }
+    }
+
+    @Test("list pages newest first with cursors, each scan once")
+    func pagination() async throws {
+        try await withService { service, _, org, project in
+            var ids: [UUID] = []
+            for _ in 0..<5 { ids.append(try await service.createScan(organizationID: org, request: request()).scan.id) }
+            var seen: [UUID] = []
+            var cursor: String?
+            var pages = 0
+            repeat {
+                let page = try await service.listScans(
+                    organizationID: org, filter: .init(projectID: project), pageSize: 2, cursor: cursor)
+                seen += page.scans.map(\.id)
+                cursor = page.nextCursor
+                pages += 1
+            } while cursor != nil && pages < 10
+            #expect(pages == 3)
+            #expect(seen == ids.reversed())
+            let canceled = try await service.listScans(organizationID: org, filter: .init(status: .canceled))
+            #expect(canceled.scans.isEmpty)
+            await #expect(throws: ScanServiceError.self) {
+                try await service.listScans(organizationID: org, cursor: "garbage")
+            }
+        }
+    }
+}
