@@ -1,0 +1,200 @@
+import CloudScanAMQP
+import CloudScanCore
+import CloudScanPostgres
+import CloudScanService
+import CloudScanTestSupport
+import CloudScanWorkers
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+/// The relay from a schema of its own to a vhost of its own (or to the chaos node).
+@Suite("OutboxRelay (live servers)")
+struct OutboxRelayTests {
+    static let fleet = try! AMQPTopology.load(
+        from: TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json"))
+
+    /// A fresh vhost with the fleet's topology.
+    func withVirtualHost<R>(_ body: (AMQPConfiguration) async throws -> R) async throws -> R {
+        let vhost = "test-relay-\(UUID().uuidString.prefix(8).lowercased())"
+        #expect(try await TestBroker.rabbitmqctl(["add_vhost", vhost]) == 0)
+        #expect(
+            try await TestBroker.rabbitmqctl(["set_permissions", "-p", vhost, TestBroker.user, ".*", ".*", ".*"]) == 0)
+        let broker = TestBroker.configuration(virtualHost: vhost)
+        do {
+            #expect(try await Self.fleet.apply(broker: broker).isClean)
+            let result = try await body(broker)
+            _ = try await TestBroker.rabbitmqctl(["delete_vhost", vhost])
+            return result
+        } catch {
+            _ = try? await TestBroker.rabbitmqctl(["delete_vhost", vhost])
+            throw error
+        }
+    }
+
+    /// Runs the relay as a service while `body` runs.
+    func withRelay<R: Sendable>(
+        _ db: TestDatabase, _ broker: AMQPConfiguration, _ body: @Sendable () async throws -> R
+    ) async throws -> R {
+        let client = PostgresClient(configuration: db.appConfiguration(), logger: TestDatabase.logger("relay"))
+        let publisher = AMQPPublisher(
+            configuration: .init(broker: broker, confirmTimeout: .seconds(10)), logger: TestBroker.logger("relay"))
+        let relay = OutboxRelay(
+            client: client,
+            listener: PostgresListener(configuration: db.appConfiguration(), logger: TestDatabase.logger("l")),
+            publisher: publisher,
+            configuration: .init(batchSize: 100, sweepInterval: .milliseconds(500), retryDelay: .milliseconds(300)),
+            logger: TestDatabase.logger("relay"))
+        let group = ServiceGroup(
+            configuration: .init(services: [relay], gracefulShutdownSignals: [], logger: TestDatabase.logger("g")))
+        let result = try await withThrowingTaskGroup(of: R?.self) { tasks in
+            tasks.addTask {
+                try await group.run()
+                return nil
+            }
+            let result = try await body()
+            await group.triggerGracefulShutdown()
+            for try await _ in tasks {}
+            return result
+        }
+        await publisher.close()
+        await client.shutdown()
+        return result
+    }
+
+    /// Consumes `cloudscan.dispatch` until `expected` distinct scan ids arrived (or time runs out).
+    func consumeDispatch(_ broker: AMQPConfiguration, expected: Set<UUID>, timeout: Duration = .seconds(60))
+        async throws
+        -> (ids: Set<UUID>, deliveries: Int, sample: AMQPDelivery?)
+    {
+        let consumer = AMQPConsumer(
+            configuration: .init(broker: broker, queue: "cloudscan.dispatch", prefetch: 500),
+            logger: TestBroker.logger("c"))
+        var ids = Set<UUID>()
+        var count = 0
+        var sample: AMQPDelivery?
+        let deadline = ContinuousClock.now + timeout
+        let decoder = MessageCoding.decoder()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await Task.sleep(until: deadline)
+                consumer.stopConsuming()
+            }
+            for await delivery in consumer.deliveries {
+                count += 1
+                sample = sample ?? delivery
+                let message = try decoder.decode(ScanCreateMessage.self, from: Data(delivery.message.body))
+                ids.insert(message.scanID)
+                try await consumer.ack(delivery)
+                if ids.isSuperset(of: expected) { break }
+            }
+            group.cancelAll()
+        }
+        await consumer.close()
+        return (ids, count, sample)
+    }
+
+    @Test("created scans reach cloudscan.commands → cloudscan.dispatch, with properties, and rows are marked sent")
+    func relaysCreatedScans() async throws {
+        try await TestDatabase.withSchema("relay", migrated: true) { db in
+            try await withVirtualHost { broker in
+                try await TestDatabase.withClient(db.appConfiguration()) { app in
+                    let (org, _) = try await TestDatabase.seedOrganization(app)
+                    let service = ScanService(client: app, logger: TestDatabase.logger("svc"))
+                    let created = try await withRelay(db, broker) {
+                        var ids = Set<UUID>()
+                        for _ in 0..<30 {
+                            let request = CreateScanRequest(
+                                project: .init(externalKey: "proj-123"), scanTypes: ["sast"],
+                                artifactURL: "https://storage.local/a.tar.gz")
+                            ids.insert(
+                                try await service.createScan(
+                                    organizationID: org, request: request,
+                                    traceparent:
+                                        "00-\(String(repeating: "a", count: 32))-\(String(repeating: "b", count: 16))-01"
+                                ).scan.id)
+                        }
+                        // Until the relay has marked everything sent.
+                        let deadline = ContinuousClock.now + .seconds(30)
+                        while ContinuousClock.now < deadline {
+                            let pending = try await app.withTransaction(organizationID: org) { c in
+                                try await c.query("SELECT count(*) FROM outbox WHERE sent_at IS NULL").single()
+                                    .decode(Int.self, at: 0)
+                            }
+                            if pending == 0 { break }
+                            try await Task.sleep(for: .milliseconds(100))
+                        }
+                        return ids
+                    }
+                    let pending = try await app.withTransaction(organizationID: org) { c in
+                        try await c.query("SELECT count(*) FROM outbox WHERE sent_at IS NULL").single().decode(
+                            Int.self, at: 0)
+                    }
+                    #expect(pending == 0)
+                    let (ids, deliveries, sample) = try await consumeDispatch(broker, expected: created)
+                    #expect(ids == created)
+                    #expect(deliveries == created.count, "each row published once")
+                    let message = try #require(sample?.message)
+                    #expect(message.type == "scan.create.v1")
+                    #expect(message.contentType == "application/json")
+                    #expect(message.headers["x-organization-id"] == org.uuidString.lowercased())
+                    #expect(message.headers["traceparent"]?.hasPrefix("00-aaaa") == true)
+                    #expect(message.correlationID.flatMap(UUID.init(uuidString:)).map(created.contains) == true)
+                    #expect(message.persistent)
+                }
+            }
+        }
+    }
+
+    @Test(
+        "broker stopped during 500 creates: every create succeeds, every row reaches the exchange after the restart",
+        .chaosNode)
+    func brokerOutageLosesNothing() async throws {
+        #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
+        let broker = TestBroker.chaosConfiguration(heartbeatSeconds: 5)
+        #expect(try await Self.fleet.apply(broker: broker).isClean)
+        try await TestDatabase.withSchema("relayout", migrated: true) { db in
+            try await TestDatabase.withClient(db.appConfiguration(maximumConnections: 8)) { app in
+                let (org, _) = try await TestDatabase.seedOrganization(app)
+                let service = ScanService(client: app, logger: TestDatabase.logger("svc"))
+                let created = try await withRelay(db, broker) {
+                    #expect(try await TestBroker.services("rabbit-chaos-kill") == 0)
+                    let ids = try await withThrowingTaskGroup(of: UUID.self) { group in
+                        for n in 0..<500 {
+                            group.addTask {
+                                let request = CreateScanRequest(
+                                    project: .init(externalKey: "proj-123"), scanTypes: ["sast"],
+                                    artifactURL: "https://storage.local/\(n).tar.gz")
+                                return try await service.createScan(organizationID: org, request: request).scan.id
+                            }
+                        }
+                        var ids = Set<UUID>()
+                        for try await id in group { ids.insert(id) }
+                        return ids
+                    }
+                    #expect(ids.count == 500, "every create succeeded while the broker was down")
+                    #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
+                    let deadline = ContinuousClock.now + .seconds(60)
+                    while ContinuousClock.now < deadline {
+                        let pending = try await app.withTransaction(organizationID: org) { c in
+                            try await c.query("SELECT count(*) FROM outbox WHERE sent_at IS NULL").single()
+                                .decode(Int.self, at: 0)
+                        }
+                        if pending == 0 { break }
+                        try await Task.sleep(for: .milliseconds(250))
+                    }
+                    return ids
+                }
+                let (ids, deliveries, _) = try await consumeDispatch(broker, expected: created)
+                print(
+                    "LEDGER relay-outage: created \(created.count), delivered \(deliveries) / \(ids.count) distinct, lost \(created.subtracting(ids).count)"
+                )
+                #expect(created.subtracting(ids).isEmpty)
+            }
+        }
+        // Leave the chaos node's shared queues empty for the next run.
+        try await Self.fleet.delete(broker: broker)
+    }
+}
