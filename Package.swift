@@ -95,8 +95,10 @@ let package = Package(
                 "CloudScanPostgres",
                 "CloudScanAMQP",
                 "CloudScanStore",
+                "CloudScanWorkers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
 

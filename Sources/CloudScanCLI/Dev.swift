@@ -3,6 +3,7 @@ import CloudScanAMQP
 import CloudScanPostgres
 import CloudScanStore
 import Foundation
+import ServiceLifecycle
 
 /// `cloudscan dev`: every role in one process, for one machine.
 struct Dev: AsyncParsableCommand {
@@ -41,7 +42,13 @@ struct Dev: AsyncParsableCommand {
         logger.info("topology declared", metadata: ["objects": "\(report.declared.count)"])
         await client.shutdown()
         if check { return }
-        logger.notice("cloudscan dev is up; roles beyond migrate are not built yet (see NOTES.md). Ctrl-C to stop.")
-        while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
+
+        // The roles that exist so far, in one process; SIGTERM/SIGINT drain them.
+        let relay = RelayParts(database: configuration, broker: broker, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(services: [relay.relay], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        logger.notice("cloudscan dev is up: relay running (more roles arrive with their issues; see NOTES.md)")
+        try await group.run()
+        await relay.close()
     }
 }
