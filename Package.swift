@@ -12,6 +12,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // Domain: scan lifecycle, severities, message contracts. No dependencies.
@@ -75,6 +77,19 @@ let package = Package(
             ]
         ),
 
+        // The API ingress: HTTP transport over the service layer.
+        .target(
+            name: "CloudScanAPI",
+            dependencies: [
+                "CloudScanCore",
+                "CloudScanService",
+                "CloudScanPostgres",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
         // Workers: the outbox relay (more roles as they come).
         .target(
             name: "CloudScanWorkers",
@@ -96,6 +111,9 @@ let package = Package(
                 "CloudScanAMQP",
                 "CloudScanStore",
                 "CloudScanWorkers",
+                "CloudScanService",
+                "CloudScanAPI",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -123,6 +141,14 @@ let package = Package(
         ),
         .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore", "CloudScanTestSupport"]),
         .testTarget(name: "CloudScanHTTPTests", dependencies: ["CloudScanHTTP", "CloudScanTestSupport"]),
+        .testTarget(
+            name: "CloudScanAPITests",
+            dependencies: [
+                "CloudScanAPI", "CloudScanService", "CloudScanHTTP", "CloudScanPostgres", "CloudScanTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "CloudScanServiceTests",
             dependencies: [

@@ -15,6 +15,7 @@ struct Dev: AsyncParsableCommand {
     @Option(name: .customLong("amqp-url"), help: "amqp:// URL of the broker (env AMQP_URL).") var amqpURL: String?
     @Option(help: "The topology file (env TOPOLOGY_FILE).") var topology: String?
     @Flag(help: "Check the servers and migrate, then exit.") var check = false
+    @Option(help: "HTTP port (env HTTP_PORT; default 8080).") var port: Int?
 
     func run() async throws {
         let logger = try database.makeLogger(label: "cloudscan.dev")
@@ -44,11 +45,15 @@ struct Dev: AsyncParsableCommand {
         if check { return }
 
         // The roles that exist so far, in one process; SIGTERM/SIGINT drain them.
-        let relay = RelayParts(database: configuration, broker: broker, logger: logger)
+        let api = try APIParts(
+            database: configuration, broker: broker, host: nil, port: port, insecureDevelopmentAuth: true, relay: true,
+            logger: logger)
         let group = ServiceGroup(
-            configuration: .init(services: [relay.relay], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        logger.notice("cloudscan dev is up: relay running (more roles arrive with their issues; see NOTES.md)")
+            configuration: .init(services: api.services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        logger.notice(
+            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), relay running (more roles arrive with their issues)"
+        )
         try await group.run()
-        await relay.close()
+        await api.close()
     }
 }

@@ -1,0 +1,56 @@
+import CloudScanCore
+import Foundation
+import Hummingbird
+
+/// An RFC 9457 problem: every error the HTTP API answers, as `application/problem+json`.
+public struct Problem: Error, HTTPResponseError, Sendable {
+    public var status: HTTPResponse.Status
+    public var title: String
+    public var detail: String
+    /// The request field at fault (`scan_types`, `artifact.url`, `Idempotency-Key`, …).
+    public var field: String?
+    public var retryAfterSeconds: Int?
+
+    public init(
+        _ status: HTTPResponse.Status, title: String, detail: String, field: String? = nil,
+        retryAfterSeconds: Int? = nil
+    ) {
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.field = field
+        self.retryAfterSeconds = retryAfterSeconds
+    }
+
+    /// The service layer's errors, mapped to HTTP only here, at the edge.
+    public init(_ error: ScanServiceError) {
+        switch error.code {
+        case .invalidArgument:
+            self.init(.badRequest, title: "Invalid request", detail: error.message, field: error.field)
+        case .notFound: self.init(.notFound, title: "Not found", detail: error.message)
+        case .conflict: self.init(.conflict, title: "Conflict", detail: error.message, field: error.field)
+        case .failedPrecondition: self.init(.conflict, title: "Not possible in this state", detail: error.message)
+        case .resourceExhausted:
+            self.init(
+                .tooManyRequests, title: "Too many queued scans", detail: error.message,
+                retryAfterSeconds: error.retryAfterSeconds)
+        case .permissionDenied: self.init(.forbidden, title: "Forbidden", detail: error.message)
+        }
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var body: [String: Any] = [
+            "type": "about:blank", "title": title, "status": Int(status.code), "detail": detail,
+            "instance": request.uri.path,
+        ]
+        if let field {
+            body["field"] = field
+            body["errors"] = [["field": field, "detail": detail]]
+        }
+        let data = try JSONSerialization.data(withJSONObject: body, options: [.sortedKeys, .withoutEscapingSlashes])
+        var headers: HTTPFields = [.contentType: "application/problem+json"]
+        if let retryAfterSeconds { headers[.retryAfter] = String(retryAfterSeconds) }
+        if status == .unauthorized { headers[.wwwAuthenticate] = "Bearer" }
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}

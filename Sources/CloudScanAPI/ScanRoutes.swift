@@ -1,0 +1,228 @@
+import CloudScanCore
+import CloudScanService
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+
+/// The HTTP API: `/api/v1/scans…`, `/healthz`, `/readyz`.
+public struct ScanAPI: Sendable {
+    /// Largest request body accepted.
+    public static let maximumBodyBytes = 64 * 1024
+
+    let service: ScanService
+    let authenticator: any Authenticator
+    let readiness: @Sendable () async -> [String: Bool]
+
+    /// `readiness` reports each dependency (e.g. `postgres`, `broker`) as up or down.
+    public init(
+        service: ScanService, authenticator: any Authenticator,
+        readiness: @escaping @Sendable () async -> [String: Bool]
+    ) {
+        self.service = service
+        self.authenticator = authenticator
+        self.readiness = readiness
+    }
+
+    /// The router, for an `Application` (the composition root and the tests both call this).
+    public func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/healthz") { _, _ in Self.json(["status": "ok"]) }
+        router.get("/readyz") { _, _ in
+            let checks = await readiness()
+            let ready = checks.values.allSatisfy { $0 }
+            return Self.json(
+                ["status": ready ? "ready" : "not ready", "checks": checks.mapValues { $0 ? "up" : "down" }],
+                status: ready ? .ok : .serviceUnavailable)
+        }
+        let scans = router.group("/api/v1/scans")
+        scans.post { request, context in try await create(request, context) }
+        scans.get { request, _ in try await list(request) }
+        scans.get("{id}") { request, context in
+            let caller = try await authenticator.authenticate(request)
+            let scan = try await mapped {
+                try await service.getScan(organizationID: caller.organizationID, id: try Self.id(context))
+            }
+            return Self.json(ScanJSON.encode(scan))
+        }
+        scans.delete("{id}") { request, context in
+            let caller = try await authenticator.authenticate(request)
+            let scan = try await mapped {
+                try await service.cancelScan(
+                    organizationID: caller.organizationID, id: try Self.id(context), requestedBy: caller.subject,
+                    traceparent: request.headers[HTTPField.Name("traceparent")!])
+            }
+            return Self.json(ScanJSON.encode(scan))
+        }
+        return router
+    }
+
+    // MARK: Handlers
+
+    func create(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let caller = try await authenticator.authenticate(request)
+        var request = request
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: Self.maximumBodyBytes)
+        } catch {
+            throw Problem(.contentTooLarge, title: "Body too large", detail: "at most \(Self.maximumBodyBytes) bytes")
+        }
+        let create = try CreateScanJSON.decode(Data(buffer: body))
+        let created = try await mapped {
+            try await service.createScan(
+                organizationID: caller.organizationID, request: create,
+                idempotencyKey: request.headers[HTTPField.Name("Idempotency-Key")!],
+                traceparent: request.headers[HTTPField.Name("traceparent")!])
+        }
+        var response = Self.json(ScanJSON.encode(created.scan), status: .created)
+        response.headers[.location] = "/api/v1/scans/\(created.scan.id.uuidString.lowercased())"
+        if created.replayed { response.headers[HTTPField.Name("Idempotency-Replayed")!] = "true" }
+        return response
+    }
+
+    func list(_ request: Request) async throws -> Response {
+        let caller = try await authenticator.authenticate(request)
+        let query = request.uri.queryParameters
+        func uuid(_ name: String) throws -> UUID? {
+            guard let text = query[name[...]] else { return nil }
+            guard let value = UUID(uuidString: String(text)) else {
+                throw Problem(.badRequest, title: "Invalid request", detail: "not a UUID", field: name)
+            }
+            return value
+        }
+        func date(_ name: String) throws -> Date? {
+            guard let text = query[name[...]] else { return nil }
+            guard let value = try? Date(String(text), strategy: .iso8601) else {
+                throw Problem(.badRequest, title: "Invalid request", detail: "not an RFC 3339 timestamp", field: name)
+            }
+            return value
+        }
+        var filter = ScanService.ListFilter(projectID: try uuid("project_id"))
+        if let status = query["status"] {
+            guard let value = ScanStatus(rawValue: String(status)) else {
+                throw Problem(.badRequest, title: "Invalid request", detail: "unknown status", field: "status")
+            }
+            filter.status = value
+        }
+        filter.createdAfter = try date("created_after")
+        filter.createdBefore = try date("created_before")
+        var pageSize = 50
+        if let text = query["page_size"] {
+            guard let value = Int(String(text)) else {
+                throw Problem(.badRequest, title: "Invalid request", detail: "not an integer", field: "page_size")
+            }
+            pageSize = value
+        }
+        let cursor = query["cursor"].map(String.init)
+        let page = try await mapped {
+            try await service.listScans(
+                organizationID: caller.organizationID, filter: filter, pageSize: pageSize, cursor: cursor)
+        }
+        var body: [String: Any] = ["items": page.scans.map(ScanJSON.encode)]
+        body["next_cursor"] = page.nextCursor ?? NSNull()
+        return Self.json(body)
+    }
+
+    // MARK: Helpers
+
+    func mapped<R>(_ body: () async throws -> R) async throws -> R {
+        do {
+            return try await body()
+        } catch let error as ScanServiceError {
+            throw Problem(error)
+        }
+    }
+
+    static func id(_ context: BasicRequestContext) throws -> UUID {
+        guard let text = context.parameters.get("id"), let id = UUID(uuidString: text) else {
+            // Not a scan id: nothing can exist there.
+            throw Problem(.notFound, title: "Not found", detail: "no such scan")
+        }
+        return id
+    }
+
+    static func json(_ object: Any, status: HTTPResponse.Status = .ok) -> Response {
+        let data =
+            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+            ?? Data("{}".utf8)
+        return Response(
+            status: status, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// The JSON shape of a scan (snake_case, RFC 3339 timestamps).
+enum ScanJSON {
+    static func encode(_ scan: Scan) -> [String: Any] {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        var artifact: [String: Any] = ["url": scan.artifactURL]
+        if let sha = scan.artifactSHA256 { artifact["sha256"] = sha }
+        return [
+            "id": scan.id.uuidString.lowercased(), "organization_id": scan.organizationID.uuidString.lowercased(),
+            "project_id": scan.projectID.uuidString.lowercased(), "status": scan.status.rawValue,
+            "scan_types": scan.scanTypes.map(\.rawValue), "artifact": artifact, "attempt": scan.attempt,
+            "timeout_seconds": scan.timeoutSeconds, "labels": scan.labels,
+            "failure_reason": scan.failureReason ?? NSNull(),
+            "findings": [
+                "critical": scan.counts.critical, "high": scan.counts.high, "medium": scan.counts.medium,
+                "low": scan.counts.low, "info": scan.counts.info,
+            ],
+            "created_at": formatter.string(from: scan.createdAt), "updated_at": formatter.string(from: scan.updatedAt),
+            "finished_at": scan.finishedAt.map { formatter.string(from: $0) } ?? NSNull(),
+        ]
+    }
+}
+
+/// Decoding `POST /api/v1/scans` with errors that name the field.
+enum CreateScanJSON {
+    struct Body: Decodable {
+        struct Project: Decodable {
+            var id: String?
+            var external_key: String?
+        }
+        struct Artifact: Decodable {
+            var url: String
+            var sha256: String?
+        }
+        var project: Project
+        var scan_types: [String]
+        var artifact: Artifact
+        var timeout_seconds: Int?
+        var labels: [String: String]?
+    }
+
+    static func decode(_ data: Data) throws -> CreateScanRequest {
+        let body: Body
+        do {
+            body = try JSONDecoder().decode(Body.self, from: data)
+        } catch let error as DecodingError {
+            let (path, reason): ([CodingKey], String)
+            switch error {
+            case .keyNotFound(let key, let context): (path, reason) = (context.codingPath + [key], "is required")
+            case .typeMismatch(_, let context): (path, reason) = (context.codingPath, "has the wrong type")
+            case .valueNotFound(_, let context): (path, reason) = (context.codingPath, "must not be null")
+            case .dataCorrupted(let context):
+                (path, reason) = (context.codingPath, context.codingPath.isEmpty ? "is not valid JSON" : "is invalid")
+            @unknown default: (path, reason) = ([], "is invalid")
+            }
+            let field = path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+                .replacingOccurrences(of: ".[", with: "[")
+            throw Problem(
+                .badRequest, title: "Invalid request", detail: "\(field.isEmpty ? "the body" : field) \(reason)",
+                field: field.isEmpty ? "body" : field)
+        }
+        var projectID: UUID?
+        if let text = body.project.id {
+            guard let id = UUID(uuidString: text) else {
+                throw Problem(.badRequest, title: "Invalid request", detail: "not a UUID", field: "project.id")
+            }
+            projectID = id
+        }
+        return CreateScanRequest(
+            project: .init(id: projectID, externalKey: body.project.external_key), scanTypes: body.scan_types,
+            artifactURL: body.artifact.url, artifactSHA256: body.artifact.sha256, timeoutSeconds: body.timeout_seconds,
+            labels: body.labels ?? [:])
+    }
+}

@@ -1,0 +1,198 @@
+import CloudScanAPI
+import CloudScanHTTP
+import CloudScanPostgres
+import CloudScanService
+import CloudScanTestSupport
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+
+/// The HTTP API over real sockets: a live server on a free port, the live PostgreSQL, and the
+/// libcurl client as the outside caller.
+@Suite("HTTP API (live server)")
+struct ScanAPITests {
+    final class Port: Sendable {
+        let value = Mutex<Int?>(nil)
+    }
+
+    struct Server {
+        var base: String
+        var organization: UUID
+        var other: UUID
+        let http = CurlHTTPClient()
+
+        func call(
+            _ method: String, _ path: String, as org: UUID?, body: String? = nil, headers: [(String, String)] = []
+        ) async throws -> (status: Int, json: [String: Any], headers: CloudScanHTTP.HTTPResponse) {
+            var all = headers
+            if let org { all.append(("X-Cloudscan-Organization", org.uuidString)) }
+            if body != nil { all.append(("Content-Type", "application/json")) }
+            let response = try await http.perform(
+                CloudScanHTTP.HTTPRequest(
+                    method: method, url: base + path, headers: all, body: body.map { Array($0.utf8) }))
+            let json = (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any] ?? [:]
+            return (response.status, json, response)
+        }
+    }
+
+    func withServer(cap: Int = 1000, _ body: @Sendable (Server) async throws -> Void) async throws {
+        try await TestDatabase.withSchema("api", migrated: true) { db in
+            try await TestDatabase.withClient(db.appConfiguration()) { app in
+                let (org, _) = try await TestDatabase.seedOrganization(app, queuedScanCap: cap)
+                let (other, _) = try await TestDatabase.seedOrganization(app, projectKey: "proj-other")
+                let api = ScanAPI(
+                    service: ScanService(client: app, logger: TestDatabase.logger("svc")),
+                    authenticator: DevelopmentAuthenticator(),
+                    readiness: { ["postgres": (try? await app.query("SELECT 1")) != nil] })
+                let port = Port()
+                let application = Application(
+                    router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                    onServerRunning: { channel in port.value.withLock { $0 = channel.localAddress?.port } },
+                    logger: {
+                        var logger = TestDatabase.logger("http"); logger.logLevel = .critical; return logger
+                    }())
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await application.runService(gracefulShutdownSignals: []) }
+                    while port.value.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(20)) }
+                    let base = "http://127.0.0.1:\(port.value.withLock { $0 }!)"
+                    do {
+                        try await body(Server(base: base, organization: org, other: other))
+                    } catch {
+                        group.cancelAll()
+                        throw error
+                    }
+                    group.cancelAll()
+                }
+            }
+        }
+    }
+
+    static let createBody =
+        #"{"project":{"external_key":"proj-123"},"scan_types":["sast","secrets"],"artifact":{"url":"https://storage.local/a.tar.gz"},"labels":{"branch":"main"}}"#
+
+    @Test("create → 201 with Location; get, list and cancel; cancelling again → 409 problem")
+    func lifecycle() async throws {
+        try await withServer { server in
+            let created = try await server.call("POST", "/api/v1/scans", as: server.organization, body: Self.createBody)
+            #expect(created.status == 201)
+            let id = try #require(created.json["id"] as? String)
+            #expect(created.json["status"] as? String == "queued")
+            #expect(created.json["scan_types"] as? [String] == ["sast", "secrets"])
+            #expect(created.headers.header("location") == "/api/v1/scans/\(id)")
+
+            let got = try await server.call("GET", "/api/v1/scans/\(id)", as: server.organization)
+            #expect(got.status == 200)
+            #expect(got.json["id"] as? String == id)
+
+            let list = try await server.call("GET", "/api/v1/scans?page_size=10", as: server.organization)
+            #expect(list.status == 200)
+            #expect((list.json["items"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == [id])
+
+            let canceled = try await server.call("DELETE", "/api/v1/scans/\(id)", as: server.organization)
+            #expect(canceled.status == 200)
+            #expect(canceled.json["status"] as? String == "canceled")
+            let again = try await server.call("DELETE", "/api/v1/scans/\(id)", as: server.organization)
+            #expect(again.status == 409)
+            #expect(again.headers.header("content-type") == "application/problem+json")
+            #expect(again.json["status"] as? Int == 409)
+        }
+    }
+
+    @Test("organization B gets 404 for A's scan: get, cancel; and lists nothing")
+    func tenancy() async throws {
+        try await withServer { server in
+            let created = try await server.call("POST", "/api/v1/scans", as: server.organization, body: Self.createBody)
+            let id = try #require(created.json["id"] as? String)
+            #expect(try await server.call("GET", "/api/v1/scans/\(id)", as: server.other).status == 404)
+            #expect(try await server.call("DELETE", "/api/v1/scans/\(id)", as: server.other).status == 404)
+            let list = try await server.call("GET", "/api/v1/scans", as: server.other)
+            #expect((list.json["items"] as? [Any])?.isEmpty == true)
+            #expect(try await server.call("GET", "/api/v1/scans/\(id)", as: server.organization).status == 200)
+        }
+    }
+
+    @Test("bad input → 400 problem+json naming the field; no caller → 401; big body → 413")
+    func badInput() async throws {
+        try await withServer { server in
+            let cases: [(String, String)] = [
+                ("{not json", "body"),
+                (
+                    #"{"project":{"external_key":"proj-123"},"scan_types":"sast","artifact":{"url":"https://x"}}"#,
+                    "scan_types"
+                ),
+                (
+                    #"{"project":{"external_key":"proj-123"},"scan_types":["dast"],"artifact":{"url":"https://x"}}"#,
+                    "scan_types"
+                ),
+                (#"{"project":{"external_key":"proj-123"},"scan_types":["sast"]}"#, "artifact"),
+                (
+                    #"{"project":{"external_key":"proj-123"},"scan_types":["sast"],"artifact":{"url":"gopher://x"}}"#,
+                    "artifact.url"
+                ),
+                (#"{"project":{"id":"nope"},"scan_types":["sast"],"artifact":{"url":"https://x"}}"#, "project.id"),
+                (
+                    #"{"project":{"external_key":"unknown"},"scan_types":["sast"],"artifact":{"url":"https://x"}}"#,
+                    "project"
+                ),
+            ]
+            for (body, field) in cases {
+                let response = try await server.call("POST", "/api/v1/scans", as: server.organization, body: body)
+                #expect(response.status == 400, "\(body)")
+                #expect(response.headers.header("content-type") == "application/problem+json")
+                #expect(response.json["field"] as? String == field, "\(body) → \(response.json)")
+            }
+            let anonymous = try await server.call("POST", "/api/v1/scans", as: nil, body: Self.createBody)
+            #expect(anonymous.status == 401)
+            let huge =
+                #"{"project":{"external_key":"proj-123"},"scan_types":["sast"],"artifact":{"url":"https://x"},"labels":{"a":""#
+                + String(repeating: "x", count: 70_000) + #""}}"#
+            #expect(try await server.call("POST", "/api/v1/scans", as: server.organization, body: huge).status == 413)
+            let badStatus = try await server.call("GET", "/api/v1/scans?status=nope", as: server.organization)
+            #expect(badStatus.status == 400)
+            #expect(badStatus.json["field"] as? String == "status")
+        }
+    }
+
+    @Test("Idempotency-Key: replay → same scan; other body → 409; queued cap → 429 with Retry-After")
+    func idempotencyAndAdmission() async throws {
+        try await withServer(cap: 2) { server in
+            let first = try await server.call(
+                "POST", "/api/v1/scans", as: server.organization, body: Self.createBody,
+                headers: [("Idempotency-Key", "abc")])
+            let replay = try await server.call(
+                "POST", "/api/v1/scans", as: server.organization, body: Self.createBody,
+                headers: [("Idempotency-Key", "abc")])
+            #expect(first.status == 201)
+            #expect(replay.status == 201)
+            #expect(replay.json["id"] as? String == first.json["id"] as? String)
+            #expect(replay.headers.header("idempotency-replayed") == "true")
+            let other = try await server.call(
+                "POST", "/api/v1/scans", as: server.organization,
+                body: Self.createBody.replacingOccurrences(of: "secrets", with: "iac"),
+                headers: [("Idempotency-Key", "abc")])
+            #expect(other.status == 409)
+            #expect(other.json["field"] as? String == "Idempotency-Key")
+
+            #expect(
+                try await server.call("POST", "/api/v1/scans", as: server.organization, body: Self.createBody).status
+                    == 201)
+            let refused = try await server.call("POST", "/api/v1/scans", as: server.organization, body: Self.createBody)
+            #expect(refused.status == 429)
+            #expect(refused.headers.header("retry-after") == "30")
+        }
+    }
+
+    @Test("healthz and readyz")
+    func health() async throws {
+        try await withServer { server in
+            let health = try await server.call("GET", "/healthz", as: nil)
+            #expect(health.status == 200)
+            let ready = try await server.call("GET", "/readyz", as: nil)
+            #expect(ready.status == 200)
+            #expect((ready.json["checks"] as? [String: String])?["postgres"] == "up")
+        }
+    }
+}
