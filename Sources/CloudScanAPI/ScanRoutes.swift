@@ -61,7 +61,6 @@ public struct ScanAPI: Sendable {
 
     func create(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let caller = try await authenticator.authenticate(request)
-        var request = request
         let body: ByteBuffer
         do {
             body = try await request.body.collect(upTo: Self.maximumBodyBytes)

@@ -23,7 +23,7 @@ struct API: AsyncParsableCommand {
 
     func run() async throws {
         let logger = try database.makeLogger(label: "cloudscan.api")
-        let parts = try APIParts(
+        let parts = try await APIParts(
             database: database.postgresConfiguration(applicationName: "cloudscan-api"),
             broker: try broker.configuration(),
             host: host, port: port, insecureDevelopmentAuth: insecureDevelopmentAuth, relay: !noRelay, logger: logger)
@@ -43,23 +43,24 @@ struct APIParts {
     init(
         database: PostgresConfiguration, broker: AMQPConfiguration, host: String?, port: Int?,
         insecureDevelopmentAuth: Bool, relay: Bool, logger: Logger
-    ) throws {
+    ) async throws {
         let environment = ProcessInfo.processInfo.environment
-        guard insecureDevelopmentAuth else {
-            throw ValidationError(
-                "JWT/mTLS authentication is not built yet; on a development machine start with --insecure-development-auth"
+        let authenticator: any Authenticator
+        if insecureDevelopmentAuth {
+            logger.critical(
+                "AUTHENTICATION IS DISABLED: callers are trusted to name their organization (X-Cloudscan-Organization). Development only."
             )
+            authenticator = DevelopmentAuthenticator()
+        } else {
+            authenticator = try await Self.jwtAuthenticator(environment)
         }
-        logger.critical(
-            "AUTHENTICATION IS DISABLED: callers are trusted to name their organization (X-Cloudscan-Organization). Development only."
-        )
         let portText = port.map(String.init) ?? environment["HTTP_PORT"] ?? "8080"
         guard let listenPort = Int(portText), (0...65535).contains(listenPort) else {
             throw ValidationError("HTTP_PORT / --port: '\(portText)' is not a port number")
         }
         let client = PostgresClient(configuration: database, logger: logger)
         let api = ScanAPI(
-            service: ScanService(client: client, logger: logger), authenticator: DevelopmentAuthenticator(),
+            service: ScanService(client: client, logger: logger), authenticator: authenticator,
             readiness: {
                 let postgres = (try? await client.query("SELECT 1")) != nil
                 let amqp = (try? await AMQPProbe.serverProperties(broker)) != nil
@@ -81,6 +82,35 @@ struct APIParts {
         self.close = {
             await relayToClose?.close()
             await client.shutdown()
+        }
+    }
+
+    /// JWT settings from the environment; a missing or bad one is named.
+    static func jwtAuthenticator(_ environment: [String: String]) async throws -> JWTAuthenticator {
+        guard let issuer = environment["JWT_ISSUER"], let audience = environment["JWT_AUDIENCE"] else {
+            throw ValidationError(
+                "set JWT_ISSUER and JWT_AUDIENCE, and JWT_JWKS_FILE or JWT_HS256_SECRET (or, on a development machine only, pass --insecure-development-auth)"
+            )
+        }
+        var jwks: String?
+        if let path = environment["JWT_JWKS_FILE"] {
+            do {
+                jwks = try String(contentsOfFile: path, encoding: .utf8)
+            } catch {
+                throw ValidationError("JWT_JWKS_FILE: cannot read \(path)")
+            }
+        }
+        do {
+            return try await JWTAuthenticator(
+                configuration: .init(
+                    issuer: issuer, audience: audience,
+                    organizationClaim: environment["JWT_ORGANIZATION_CLAIM"] ?? "org_id",
+                    rolesClaim: environment["JWT_ROLES_CLAIM"] ?? "roles", jwksJSON: jwks,
+                    hmacSecret: environment["JWT_HS256_SECRET"]))
+        } catch let problem as Problem {
+            throw ValidationError("JWT configuration: \(problem.detail)")
+        } catch {
+            throw ValidationError("JWT_JWKS_FILE: not a usable JWKS document (\(error))")
         }
     }
 }

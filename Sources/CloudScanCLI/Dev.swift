@@ -45,7 +45,7 @@ struct Dev: AsyncParsableCommand {
         if check { return }
 
         // The roles that exist so far, in one process; SIGTERM/SIGINT drain them.
-        let api = try APIParts(
+        let api = try await APIParts(
             database: configuration, broker: broker, host: nil, port: port, insecureDevelopmentAuth: true, relay: true,
             logger: logger)
         let group = ServiceGroup(

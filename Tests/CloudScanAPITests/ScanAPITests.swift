@@ -38,14 +38,16 @@ struct ScanAPITests {
         }
     }
 
-    func withServer(cap: Int = 1000, _ body: @Sendable (Server) async throws -> Void) async throws {
+    func withServer(
+        cap: Int = 1000, authenticator: (any Authenticator)? = nil, _ body: @Sendable (Server) async throws -> Void
+    ) async throws {
         try await TestDatabase.withSchema("api", migrated: true) { db in
             try await TestDatabase.withClient(db.appConfiguration()) { app in
                 let (org, _) = try await TestDatabase.seedOrganization(app, queuedScanCap: cap)
                 let (other, _) = try await TestDatabase.seedOrganization(app, projectKey: "proj-other")
                 let api = ScanAPI(
                     service: ScanService(client: app, logger: TestDatabase.logger("svc")),
-                    authenticator: DevelopmentAuthenticator(),
+                    authenticator: authenticator ?? DevelopmentAuthenticator(),
                     readiness: { ["postgres": (try? await app.query("SELECT 1")) != nil] })
                 let port = Port()
                 let application = Application(
