@@ -45,6 +45,7 @@ public struct ScanAPI: Sendable {
             }
             return Self.json(ScanJSON.encode(scan))
         }
+        scans.get("{id}/findings") { request, context in try await findings(request, context) }
         scans.delete("{id}") { request, context in
             let caller = try await authenticator.authenticate(request)
             let scan = try await mapped {
@@ -121,6 +122,48 @@ public struct ScanAPI: Sendable {
         var body: [String: Any] = ["items": page.scans.map(ScanJSON.encode)]
         body["next_cursor"] = page.nextCursor ?? NSNull()
         return Self.json(body)
+    }
+
+    func findings(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let caller = try await authenticator.authenticate(request)
+        let query = request.uri.queryParameters
+        var filter = ScanService.FindingsFilter()
+        if let text = query["severity"] {
+            for part in text.split(separator: ",") {
+                guard let severity = Severity(rawValue: String(part)) else {
+                    throw Problem(
+                        .badRequest, title: "Invalid request",
+                        detail: "severity is one of critical, high, medium, low, info", field: "severity")
+                }
+                filter.severities.append(severity)
+            }
+        }
+        filter.scanner = query["scanner"].map(String.init)
+        filter.pathPrefix = query["path_prefix"].map(String.init)
+        var pageSize = 100
+        if let text = query["page_size"] {
+            guard let value = Int(String(text)) else {
+                throw Problem(.badRequest, title: "Invalid request", detail: "not an integer", field: "page_size")
+            }
+            pageSize = value
+        }
+        let scanID = try Self.id(context)
+        let cursor = query["cursor"].map(String.init)
+        let page = try await mapped {
+            try await service.listFindings(
+                organizationID: caller.organizationID, scanID: scanID, filter: filter, pageSize: pageSize,
+                cursor: cursor)
+        }
+        let items: [[String: Any]] = page.findings.map { finding in
+            [
+                "id": finding.id.uuidString.lowercased(), "scanner": finding.scanner, "rule_id": finding.ruleID,
+                "severity": finding.severity.rawValue, "title": finding.title, "message": finding.message,
+                "path": finding.path, "line": finding.line ?? NSNull(), "column": finding.column ?? NSNull(),
+                "cwe": finding.cwe, "fingerprint": finding.fingerprint,
+            ]
+        }
+        let next: Any = page.nextCursor ?? NSNull()
+        return Self.json(["items": items, "next_cursor": next])
     }
 
     // MARK: Helpers

@@ -142,3 +142,37 @@ public struct ScanServiceError: Error, Hashable, Sendable, CustomStringConvertib
         "ScanServiceError(\(code.rawValue)\(field.map { ", field: \($0)" } ?? ""): \(message))"
     }
 }
+
+/// A finding as the API shows it.
+public struct Finding: Sendable, Hashable {
+    public var id: UUID
+    public var scanID: UUID
+    public var scanner: String
+    public var ruleID: String
+    public var severity: Severity
+    public var title: String
+    public var message: String
+    public var path: String
+    public var line: Int?
+    public var column: Int?
+    public var cwe: [String]
+    public var fingerprint: String
+
+    public init(
+        id: UUID, scanID: UUID, scanner: String, ruleID: String, severity: Severity, title: String, message: String,
+        path: String, line: Int?, column: Int?, cwe: [String], fingerprint: String
+    ) {
+        self.id = id
+        self.scanID = scanID
+        self.scanner = scanner
+        self.ruleID = ruleID
+        self.severity = severity
+        self.title = title
+        self.message = message
+        self.path = path
+        self.line = line
+        self.column = column
+        self.cwe = cwe
+        self.fingerprint = fingerprint
+    }
+}

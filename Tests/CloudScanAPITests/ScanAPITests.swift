@@ -22,6 +22,7 @@ struct ScanAPITests {
         var base: String
         var organization: UUID
         var other: UUID
+        var database: PostgresClient
         let http = CurlHTTPClient()
 
         func call(
@@ -61,7 +62,7 @@ struct ScanAPITests {
                     while port.value.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(20)) }
                     let base = "http://127.0.0.1:\(port.value.withLock { $0 }!)"
                     do {
-                        try await body(Server(base: base, organization: org, other: other))
+                        try await body(Server(base: base, organization: org, other: other, database: app))
                     } catch {
                         group.cancelAll()
                         throw error
@@ -195,6 +196,64 @@ struct ScanAPITests {
             let ready = try await server.call("GET", "/readyz", as: nil)
             #expect(ready.status == 200)
             #expect((ready.json["checks"] as? [String: String])?["postgres"] == "up")
+        }
+    }
+
+    @Test("findings: filtered by severity, scanner and path prefix, paged by cursor; another organization gets 404")
+    func findings() async throws {
+        try await withServer { server in
+            let created = try await server.call("POST", "/api/v1/scans", as: server.organization, body: Self.createBody)
+            let id = try #require(created.json["id"] as? String).lowercased()
+            let scanID = try #require(UUID(uuidString: id))
+            try await server.database.withTransaction(organizationID: server.organization) { c in
+                let createdAt = try await c.query("SELECT created_at FROM scans WHERE id = \(scanID)").single()
+                    .decode(Date.self, at: 0)
+                let severities = ["critical", "high", "medium", "low", "info"]
+                for n in 0..<25 {
+                    try await c.execute(
+                        """
+                        INSERT INTO findings (organization_id, scan_id, scan_created_at, scanner, rule_id, severity, title,
+                                              path, line, fingerprint)
+                        VALUES (\(server.organization), \(scanID), \(createdAt), \(n % 2 == 0 ? "semgrep" : "bandit"),
+                                \("R\(n)"), \(severities[n % 5]), \("finding \(n)"),
+                                \(n < 10 ? "src/app_\(n).py" : "tests/t_\(n).py"), \(Int32(n)), \("fp-\(n)"))
+                        """)
+                }
+            }
+            var seen: [String] = []
+            var cursor: String?
+            var pages = 0
+            repeat {
+                let path =
+                    "/api/v1/scans/\(id)/findings?page_size=10"
+                    + (cursor.map { "&cursor=\($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)" }
+                        ?? "")
+                let page = try await server.call("GET", path, as: server.organization)
+                #expect(page.status == 200)
+                seen += (page.json["items"] as? [[String: Any]] ?? []).compactMap { $0["fingerprint"] as? String }
+                cursor = page.json["next_cursor"] as? String
+                pages += 1
+            } while cursor != nil && pages < 10
+            #expect(pages == 3)
+            #expect(Set(seen) == Set((0..<25).map { "fp-\($0)" }))
+            #expect(seen.count == 25)
+
+            let high = try await server.call(
+                "GET", "/api/v1/scans/\(id)/findings?severity=critical,high&scanner=semgrep", as: server.organization)
+            let highItems = high.json["items"] as? [[String: Any]] ?? []
+            #expect(!highItems.isEmpty)
+            #expect(
+                highItems.allSatisfy {
+                    ["critical", "high"].contains($0["severity"] as? String) && $0["scanner"] as? String == "semgrep"
+                })
+            let src = try await server.call(
+                "GET", "/api/v1/scans/\(id)/findings?path_prefix=src/", as: server.organization)
+            #expect((src.json["items"] as? [[String: Any]])?.count == 10)
+            let bad = try await server.call(
+                "GET", "/api/v1/scans/\(id)/findings?severity=urgent", as: server.organization)
+            #expect(bad.status == 400)
+            #expect(bad.json["field"] as? String == "severity")
+            #expect(try await server.call("GET", "/api/v1/scans/\(id)/findings", as: server.other).status == 404)
         }
     }
 }
