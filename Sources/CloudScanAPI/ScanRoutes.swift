@@ -46,6 +46,7 @@ public struct ScanAPI: Sendable {
             return Self.json(ScanJSON.encode(scan))
         }
         scans.get("{id}/findings") { request, context in try await findings(request, context) }
+        scans.patch("{id}") { request, context in try await update(request, context) }
         scans.delete("{id}") { request, context in
             let caller = try await authenticator.authenticate(request)
             let scan = try await mapped {
@@ -122,6 +123,32 @@ public struct ScanAPI: Sendable {
         var body: [String: Any] = ["items": page.scans.map(ScanJSON.encode)]
         body["next_cursor"] = page.nextCursor ?? NSNull()
         return Self.json(body)
+    }
+
+    /// `PATCH /api/v1/scans/{id}` with `{"labels": {…}}`: replaces the labels, nothing else.
+    func update(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let caller = try await authenticator.authenticate(request)
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: Self.maximumBodyBytes)
+        } catch {
+            throw Problem(.contentTooLarge, title: "Body too large", detail: "at most \(Self.maximumBodyBytes) bytes")
+        }
+        struct Patch: Decodable { var labels: [String: String] }
+        let patch: Patch
+        do {
+            patch = try JSONDecoder().decode(Patch.self, from: Data(buffer: body))
+        } catch {
+            throw Problem(
+                .badRequest, title: "Invalid request",
+                detail: "send {\"labels\": {\"key\": \"value\"}}; only labels can change",
+                field: "labels")
+        }
+        let scan = try await mapped {
+            try await service.updateScanLabels(
+                organizationID: caller.organizationID, id: try Self.id(context), labels: patch.labels)
+        }
+        return Self.json(ScanJSON.encode(scan))
     }
 
     func findings(_ request: Request, _ context: BasicRequestContext) async throws -> Response {

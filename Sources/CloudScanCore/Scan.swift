@@ -100,6 +100,12 @@ public struct CreateScanRequest: Sendable, Hashable, Codable {
         if let timeout = timeoutSeconds, !(30...86_400).contains(timeout) {
             throw .invalidArgument(field: "timeout_seconds", "between 30 and 86400")
         }
+        try Self.validate(labels: labels)
+        return types
+    }
+
+    /// Labels: at most 64; keys 1–63 characters of a-z 0-9 . _ - /; values at most 256 bytes.
+    public static func validate(labels: [String: String]) throws(ScanServiceError) {
         if labels.count > 64 { throw .invalidArgument(field: "labels", "at most 64 labels") }
         for (key, value) in labels {
             let allowed = key.utf8.allSatisfy { byte in
@@ -111,7 +117,6 @@ public struct CreateScanRequest: Sendable, Hashable, Codable {
             }
             if value.utf8.count > 256 { throw .invalidArgument(field: "labels.\(key)", "at most 256 bytes") }
         }
-        return types
     }
 }
 

@@ -77,3 +77,20 @@ extension ScanService {
             .replacingOccurrences(of: "_", with: "\\_")
     }
 }
+
+extension ScanService {
+    /// Replaces a scan's labels (status and everything else belong to the fleet). Validated like
+    /// create; a scan of another organization is not found.
+    public func updateScanLabels(organizationID: UUID, id: UUID, labels: [String: String]) async throws -> Scan {
+        try CreateScanRequest.validate(labels: labels)
+        let json = try PostgresJSONB(encoding: labels)
+        return try await client.withTransaction(organizationID: organizationID) { c in
+            let changed = try await c.execute(
+                "UPDATE scans SET labels = \(json), version = version + 1, updated_at = now() WHERE id = \(id)")
+            guard changed == 1, let scan = try await Self.fetch(c, id: id) else {
+                throw ScanServiceError(code: .notFound, message: "no scan \(id)")
+            }
+            return scan
+        }
+    }
+}

@@ -256,4 +256,29 @@ struct ScanAPITests {
             #expect(try await server.call("GET", "/api/v1/scans/\(id)/findings", as: server.other).status == 404)
         }
     }
+
+    @Test("PATCH replaces labels only; bad labels → 400; another organization → 404")
+    func updateLabels() async throws {
+        try await withServer { server in
+            let created = try await server.call("POST", "/api/v1/scans", as: server.organization, body: Self.createBody)
+            let id = try #require(created.json["id"] as? String)
+            let patched = try await server.call(
+                "PATCH", "/api/v1/scans/\(id)", as: server.organization, body: #"{"labels":{"team":"payments"}}"#)
+            #expect(patched.status == 200)
+            #expect(patched.json["labels"] as? [String: String] == ["team": "payments"])
+            #expect(patched.json["status"] as? String == "queued")
+            let bad = try await server.call(
+                "PATCH", "/api/v1/scans/\(id)", as: server.organization, body: #"{"labels":{"Bad Key":"x"}}"#)
+            #expect(bad.status == 400)
+            #expect(bad.json["field"] as? String == "labels")
+            let status = try await server.call(
+                "PATCH", "/api/v1/scans/\(id)", as: server.organization, body: #"{"status":"completed"}"#)
+            #expect(status.status == 400, "status belongs to the fleet")
+            let other = try await server.call(
+                "PATCH", "/api/v1/scans/\(id)", as: server.other, body: #"{"labels":{"x":"y"}}"#)
+            #expect(other.status == 404)
+            let got = try await server.call("GET", "/api/v1/scans/\(id)", as: server.organization)
+            #expect(got.json["labels"] as? [String: String] == ["team": "payments"])
+        }
+    }
 }
