@@ -10,16 +10,19 @@ public struct Problem: Error, HTTPResponseError, Sendable {
     /// The request field at fault (`scan_types`, `artifact.url`, `Idempotency-Key`, …).
     public var field: String?
     public var retryAfterSeconds: Int?
+    /// For 405: the methods the resource allows.
+    public var allow: String?
 
     public init(
         _ status: HTTPResponse.Status, title: String, detail: String, field: String? = nil,
-        retryAfterSeconds: Int? = nil
+        retryAfterSeconds: Int? = nil, allow: String? = nil
     ) {
         self.status = status
         self.title = title
         self.detail = detail
         self.field = field
         self.retryAfterSeconds = retryAfterSeconds
+        self.allow = allow
     }
 
     /// The service layer's errors, mapped to HTTP only here, at the edge.
@@ -51,6 +54,23 @@ public struct Problem: Error, HTTPResponseError, Sendable {
         var headers: HTTPFields = [.contentType: "application/problem+json"]
         if let retryAfterSeconds { headers[.retryAfter] = String(retryAfterSeconds) }
         if status == .unauthorized { headers[.wwwAuthenticate] = "Bearer" }
+        if let allow { headers[.allow] = allow }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// Answers any error that is not already an HTTP response as a 500 problem (logged, never echoed).
+struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        do {
+            return try await next(request, context)
+        } catch let error as any HTTPResponseError {
+            throw error
+        } catch {
+            context.logger.error("request failed", metadata: ["error": "\(error)"])
+            throw Problem(.internalServerError, title: "Internal error", detail: "the request could not be completed")
+        }
     }
 }

@@ -27,6 +27,7 @@ public struct ScanAPI: Sendable {
     /// The router, for an `Application` (the composition root and the tests both call this).
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
+        router.middlewares.add(ProblemMiddleware())
         router.get("/healthz") { _, _ in Self.json(["status": "ok"]) }
         router.get("/readyz") { _, _ in
             let checks = await readiness()
@@ -55,6 +56,23 @@ public struct ScanAPI: Sendable {
                     traceparent: request.headers[HTTPField.Name("traceparent")!])
             }
             return Self.json(ScanJSON.encode(scan))
+        }
+        // Known paths answer other methods with 405 and the allowed ones.
+        let allowed: [(RouterPath, [HTTPRequest.Method])] = [
+            ("/healthz", [.get]), ("/readyz", [.get]), ("/api/v1/scans", [.get, .post]),
+            ("/api/v1/scans/{id}", [.get, .patch, .delete]), ("/api/v1/scans/{id}/findings", [.get]),
+        ]
+        let every: [HTTPRequest.Method] = [
+            .get, .head, .post, .put, .patch, .delete, .options, .trace, .connect, HTTPRequest.Method("QUERY")!,
+        ]
+        for (path, methods) in allowed {
+            let allow = methods.map(\.rawValue).joined(separator: ", ")
+            for method in every where !methods.contains(method) && !(method == .head && methods.contains(.get)) {
+                router.on(path, method: method) { _, _ -> Response in
+                    throw Problem(
+                        .methodNotAllowed, title: "Method not allowed", detail: "allowed: \(allow)", allow: allow)
+                }
+            }
         }
         return router
     }
@@ -96,6 +114,11 @@ public struct ScanAPI: Sendable {
             guard let text = query[name[...]] else { return nil }
             guard let value = try? Date(String(text), strategy: .iso8601) else {
                 throw Problem(.badRequest, title: "Invalid request", detail: "not an RFC 3339 timestamp", field: name)
+            }
+            // Calendars disagree before 1582 and the store covers the service's lifetime: keep it sane.
+            guard value >= Date(timeIntervalSince1970: 0), value < Date(timeIntervalSince1970: 253_402_300_800) else {
+                throw Problem(
+                    .badRequest, title: "Invalid request", detail: "between 1970-01-01 and 9999-12-31", field: name)
             }
             return value
         }

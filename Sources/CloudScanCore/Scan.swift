@@ -116,6 +116,9 @@ public struct CreateScanRequest: Sendable, Hashable, Codable {
                 throw .invalidArgument(field: "labels", "label keys are 1–63 characters of a-z 0-9 . _ - /")
             }
             if value.utf8.count > 256 { throw .invalidArgument(field: "labels.\(key)", "at most 256 bytes") }
+            if value.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) {
+                throw .invalidArgument(field: "labels.\(key)", "no control characters")
+            }
         }
     }
 }

@@ -299,9 +299,14 @@ enum PostgresDigits {
 /// Timestamps in the ISO output style the module's sessions use (`DateStyle=ISO`, `TimeZone=UTC`).
 enum PostgresTimestamp {
     static func format(_ date: Date) -> String {
-        let totalMicros = (date.timeIntervalSince1970 * 1_000_000).rounded()
-        let seconds = Int(floor(totalMicros / 1_000_000))
-        let micros = Int(totalMicros - Double(seconds) * 1_000_000)
+        // Whole seconds and the fraction separately: far from 1970 a Double has no microseconds left.
+        let interval = date.timeIntervalSince1970
+        var seconds = Int(floor(interval))
+        var micros = Int(((interval - floor(interval)) * 1_000_000).rounded())
+        if micros >= 1_000_000 {
+            seconds += 1
+            micros -= 1_000_000
+        }
         var tmValue = tm()
         var time = time_t(seconds)
         gmtime_r(&time, &tmValue)

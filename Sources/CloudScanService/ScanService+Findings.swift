@@ -27,7 +27,7 @@ extension ScanService {
             throw ScanServiceError.invalidArgument(field: "page_size", "between 1 and 1000")
         }
         var after: UUID?
-        if let cursor {
+        if let cursor, !cursor.isEmpty {
             guard let data = Data(base64Encoded: cursor), let text = String(data: data, encoding: .utf8),
                 let id = UUID(uuidString: text)
             else { throw ScanServiceError.invalidArgument(field: "cursor", "not a cursor this service issued") }

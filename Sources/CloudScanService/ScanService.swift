@@ -175,7 +175,7 @@ public struct ScanService: Sendable {
         guard (1...500).contains(pageSize) else {
             throw ScanServiceError.invalidArgument(field: "page_size", "between 1 and 500")
         }
-        let position = try cursor.map(ScanCursor.init(text:))
+        let position = try cursor.flatMap { $0.isEmpty ? nil : $0 }.map(ScanCursor.init(text:))
         return try await client.withTransaction(organizationID: organizationID) { c in
             let rows = try await c.query(
                 """

@@ -25,6 +25,10 @@ struct PostgresValueTests {
         #expect(PostgresTimestamp.parse("2025-11-28 01:39:13.25-00:30") == date)
         #expect(PostgresTimestamp.parse("2025-11-28 02:09:13+00") == Date(timeIntervalSince1970: 1_764_295_753))
         #expect(PostgresTimestamp.parse("yesterday") == nil)
+        // Far from 1970 (year 1): still six fraction digits, never a negative fraction.
+        let early = Date(timeIntervalSince1970: -62_135_596_680)
+        #expect(PostgresTimestamp.format(early) == "0001-01-01 00:02:00.000000+00")
+        #expect(PostgresTimestamp.parse(PostgresTimestamp.format(early)) == early)
     }
 
     @Test("interpolation binds values as parameters, never as SQL text")
