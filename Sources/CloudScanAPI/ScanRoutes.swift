@@ -81,12 +81,7 @@ public struct ScanAPI: Sendable {
 
     func create(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let caller = try await authenticator.authenticate(request)
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: Self.maximumBodyBytes)
-        } catch {
-            throw Problem(.contentTooLarge, title: "Body too large", detail: "at most \(Self.maximumBodyBytes) bytes")
-        }
+        let body = try await Self.body(of: request)
         let create = try CreateScanJSON.decode(Data(buffer: body))
         let created = try await mapped {
             try await service.createScan(
@@ -151,12 +146,7 @@ public struct ScanAPI: Sendable {
     /// `PATCH /api/v1/scans/{id}` with `{"labels": {…}}`: replaces the labels, nothing else.
     func update(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let caller = try await authenticator.authenticate(request)
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: Self.maximumBodyBytes)
-        } catch {
-            throw Problem(.contentTooLarge, title: "Body too large", detail: "at most \(Self.maximumBodyBytes) bytes")
-        }
+        let body = try await Self.body(of: request)
         struct Patch: Decodable { var labels: [String: String] }
         let patch: Patch
         do {
@@ -217,6 +207,15 @@ public struct ScanAPI: Sendable {
     }
 
     // MARK: Helpers
+
+    /// The request body, refused with 413 past ``maximumBodyBytes``.
+    static func body(of request: Request) async throws -> ByteBuffer {
+        do {
+            return try await request.body.collect(upTo: maximumBodyBytes)
+        } catch {
+            throw Problem(.contentTooLarge, title: "Body too large", detail: "at most \(maximumBodyBytes) bytes")
+        }
+    }
 
     func mapped<R>(_ body: () async throws -> R) async throws -> R {
         do {
