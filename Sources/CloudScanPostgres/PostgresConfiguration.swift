@@ -45,7 +45,8 @@ public struct PostgresConfiguration: Sendable {
         self.maximumConnections = maximumConnections
     }
 
-    /// Reads `DATABASE_URL` and the seed's DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD, DB_SSLMODE;
+    /// Reads `DATABASE_URL` and the seed's DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD, DB_SSLMODE
+    /// (and DB_POOL_SIZE for the pool's size);
     /// whatever they leave unset libpq takes from the PG* variables.
     public init(environment: [String: String], applicationName: String = "cloudscan") {
         self.init(applicationName: applicationName)
@@ -56,6 +57,7 @@ public struct PostgresConfiguration: Sendable {
         user = environment["DB_USER"]
         password = environment["DB_PASSWORD"]
         sslMode = environment["DB_SSLMODE"]
+        if let size = environment["DB_POOL_SIZE"].flatMap(Int.init), size > 0 { maximumConnections = size }
     }
 
     /// The keyword/value pairs for `PQconnectdbParams` (with `expand_dbname` on the first `dbname`).
