@@ -47,8 +47,9 @@ struct PostgresValueTests {
     func environmentConfiguration() {
         let configuration = PostgresConfiguration(environment: [
             "DB_HOST": "db.internal", "DB_PORT": "6543", "DB_NAME": "scans", "DB_USER": "svc", "DB_PASSWORD": "hunter2",
-            "DB_SSLMODE": "verify-full",
+            "DB_SSLMODE": "verify-full", "DB_POOL_SIZE": "12",
         ])
+        #expect(configuration.maximumConnections == 12)
         let parameters = Dictionary(configuration.libpqParameters, uniquingKeysWith: { $1 })
         #expect(parameters["host"] == "db.internal")
         #expect(parameters["port"] == "6543")
