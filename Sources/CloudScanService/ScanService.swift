@@ -36,10 +36,18 @@ public struct ScanService: Sendable {
         }
         let requestText = try Self.canonicalJSON(request)
         return try await client.withTransaction(organizationID: organizationID) { c in
-            // The organization (RLS shows only the caller's).
-            let orgRows = try await c.query(
-                "SELECT disabled_at IS NOT NULL, queued_scan_cap, enabled_scan_types FROM organizations")
-            guard let org = orgRows.first else {
+            // One lookup: the organization (RLS shows only the caller's), the project (by id or by the
+            // gateway's key, not archived) and the queued scans, counted no further than the cap.
+            let lookup = try await c.query(
+                """
+                SELECT o.disabled_at IS NOT NULL, o.queued_scan_cap, o.enabled_scan_types, p.id, p.timeout_seconds,
+                       (SELECT count(*) FROM (SELECT 1 FROM scans WHERE status = 'queued' LIMIT o.queued_scan_cap) q)
+                FROM organizations o
+                LEFT JOIN projects p ON p.archived_at IS NULL
+                    AND (p.id = \(request.project.id) OR (\(request.project.id)::uuid IS NULL
+                                                          AND p.external_key = \(request.project.externalKey)))
+                """)
+            guard let org = lookup.first else {
                 throw ScanServiceError(code: .permissionDenied, message: "unknown organization")
             }
             if try org.decode(Bool.self, at: 0) {
@@ -68,28 +76,14 @@ public struct ScanService: Sendable {
                 }
             }
 
-            // The project: by id or by the gateway's key, not archived.
-            let projectRows: PostgresRows
-            if let id = request.project.id {
-                projectRows = try await c.query(
-                    "SELECT id, timeout_seconds FROM projects WHERE id = \(id) AND archived_at IS NULL")
-            } else {
-                projectRows = try await c.query(
-                    """
-                    SELECT id, timeout_seconds FROM projects
-                    WHERE external_key = \(request.project.externalKey ?? "") AND archived_at IS NULL
-                    """)
-            }
-            guard let project = projectRows.first else {
+            guard let projectID = try org.decode(UUID?.self, at: 3) else {
                 throw ScanServiceError.invalidArgument(field: "project", "no such project in this organization")
             }
-            let projectID = try project.decode(UUID.self, at: 0)
-            let projectTimeout = (try project.decode(Int32.self, at: 1)).asInt
+            let projectTimeout = (try org.decode(Int32.self, at: 4)).asInt
             let timeout = request.timeoutSeconds ?? projectTimeout
 
             // Admission: a cap on queued scans per organization.
-            let queued = try await c.query("SELECT count(*) FROM scans WHERE status = 'queued'").single()
-                .decode(Int.self, at: 0)
+            let queued = try org.decode(Int.self, at: 5)
             let cap = (try org.decode(Int32.self, at: 1)).asInt
             if queued >= cap {
                 throw ScanServiceError(
@@ -100,26 +94,35 @@ public struct ScanService: Sendable {
             let scanID = UUID()
             let createdAt = Date()
             let labels = try PostgresJSONB(encoding: request.labels)
-            try await c.execute(
-                """
-                INSERT INTO scans (id, created_at, organization_id, project_id, status, scan_types, artifact_ref,
-                                   artifact_sha256, timeout_seconds, labels, traceparent)
-                VALUES (\(scanID), \(createdAt), \(organizationID), \(projectID), 'queued',
-                        \(scanTypes.map(\.rawValue)), \(request.artifactURL), \(request.artifactSHA256),
-                        \(Int32(timeout)), \(labels), \(traceparent))
-                """)
-            try await c.execute(
-                """
-                INSERT INTO scan_events (organization_id, scan_id, scan_created_at, from_status, to_status, actor, reason)
-                VALUES (\(organizationID), \(scanID), \(createdAt), NULL, 'queued', 'api', 'created')
-                """)
             let message = ScanCreateMessage(
                 scanID: scanID, organizationID: organizationID, project: .init(id: projectID), scanTypes: scanTypes,
                 artifact: .init(url: request.artifactURL, sha256: request.artifactSHA256), requestedAt: createdAt,
                 timeoutSeconds: timeout, labels: request.labels.isEmpty ? nil : request.labels)
-            try await Self.enqueue(
-                c, organizationID: organizationID, type: .scanCreate, routingKey: "scan.create",
-                correlationID: scanID, payload: message, traceparent: traceparent)
+            let outbox = try Self.outboxValues(
+                organizationID: organizationID, payload: message, correlationID: scanID, traceparent: traceparent)
+            // The scan, its first event and the outbox row in one statement, returning the scan.
+            let inserted = try await c.query(
+                """
+                WITH s AS (
+                    INSERT INTO scans (id, created_at, organization_id, project_id, status, scan_types, artifact_ref,
+                                       artifact_sha256, timeout_seconds, labels, traceparent)
+                    VALUES (\(scanID), \(createdAt), \(organizationID), \(projectID), 'queued',
+                            \(scanTypes.map(\.rawValue)), \(request.artifactURL), \(request.artifactSHA256),
+                            \(Int32(timeout)), \(labels), \(traceparent))
+                    RETURNING \(unescaped: Self.columns)
+                ), e AS (
+                    INSERT INTO scan_events (organization_id, scan_id, scan_created_at, from_status, to_status, actor, reason)
+                    SELECT organization_id, id, created_at, NULL, 'queued', 'api', 'created' FROM s
+                ), o AS (
+                    INSERT INTO outbox (organization_id, message_id, exchange, routing_key, message_type, correlation_id,
+                                        headers, payload)
+                    VALUES (\(organizationID), \(UUID()), \(Exchanges.commands), 'scan.create',
+                            \(MessageType.scanCreate.rawValue), \(scanID.uuidString.lowercased()), \(outbox.headers),
+                            \(outbox.payload))
+                )
+                SELECT * FROM s
+                """)
+            let scan = try Self.decodeScan(try inserted.single())
             if let key = idempotencyKey {
                 let inserted = try await c.execute(
                     """
@@ -135,8 +138,7 @@ public struct ScanService: Sendable {
                         field: "Idempotency-Key")
                 }
             }
-            let scan = try await Self.fetch(c, id: scanID)
-            return Created(scan: try scan.orThrow(), replayed: false)
+            return Created(scan: scan, replayed: false)
         }
     }
 
@@ -269,21 +271,29 @@ public struct ScanService: Sendable {
             finishedAt: try row.decode(Date?.self, at: 18))
     }
 
+    /// The headers and payload of an outbox row.
+    static func outboxValues<M: Encodable>(
+        organizationID: UUID, payload: M, correlationID: UUID, traceparent: String?
+    ) throws -> (headers: PostgresJSONB, payload: PostgresJSONB) {
+        var headers = [MessageHeaders.organizationID: organizationID.uuidString.lowercased()]
+        if let traceparent { headers[MessageHeaders.traceparent] = traceparent }
+        let body = String(decoding: try MessageCoding.encoder().encode(payload), as: UTF8.self)
+        return (try PostgresJSONB(encoding: headers), PostgresJSONB(text: body))
+    }
+
     /// Writes an outbox row in the caller's transaction; the relay publishes it.
     static func enqueue<M: Encodable>(
         _ c: PostgresConnection, organizationID: UUID, type: MessageType, routingKey: String, correlationID: UUID,
         payload: M, traceparent: String?
     ) async throws {
-        var headers = [MessageHeaders.organizationID: organizationID.uuidString.lowercased()]
-        if let traceparent { headers[MessageHeaders.traceparent] = traceparent }
-        let body = String(decoding: try MessageCoding.encoder().encode(payload), as: UTF8.self)
+        let values = try outboxValues(
+            organizationID: organizationID, payload: payload, correlationID: correlationID, traceparent: traceparent)
         try await c.execute(
             """
             INSERT INTO outbox (organization_id, message_id, exchange, routing_key, message_type, correlation_id,
                                 headers, payload)
             VALUES (\(organizationID), \(UUID()), \(Exchanges.commands), \(routingKey), \(type.rawValue),
-                    \(correlationID.uuidString.lowercased()), \(try PostgresJSONB(encoding: headers)),
-                    \(PostgresJSONB(text: body)))
+                    \(correlationID.uuidString.lowercased()), \(values.headers), \(values.payload))
             """)
     }
 
