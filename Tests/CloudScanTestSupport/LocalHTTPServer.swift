@@ -37,12 +37,7 @@ public final class LocalHTTPServer: Sendable {
     /// Starts the server and waits until its port is known.
     public init() throws {
         let portFile = FileManager.default.temporaryDirectory.appendingPathComponent("http-\(UUID().uuidString)")
-        let arguments = ["python3", "-c", Self.script, portFile.path]
-        var pid = pid_t()
-        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        let spawned = posix_spawnp(&pid, "python3", nil, nil, argv, environ)
-        guard spawned == 0 else { throw POSIXError(POSIXErrorCode(rawValue: spawned) ?? .EINVAL) }
+        let pid = try spawn(["python3", "-c", Self.script, portFile.path])
         self.pid = pid
         let deadline = Date().addingTimeInterval(10)
         var port: Int?
@@ -64,7 +59,6 @@ public final class LocalHTTPServer: Sendable {
     /// Stops the server.
     public func stop() {
         kill(pid, SIGKILL)
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
+        _ = waitForExit(pid)
     }
 }
