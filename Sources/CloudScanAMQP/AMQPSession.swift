@@ -224,26 +224,16 @@ final class AMQPSession {
         var properties = amqp_basic_properties_t()
         var flags: UInt32 = CS_AMQP_FLAG_DELIVERY_MODE
         properties.delivery_mode = message.persistent ? 2 : 1
-        if let value = message.contentType {
-            flags |= CS_AMQP_FLAG_CONTENT_TYPE
-            properties.content_type = arena.bytes(value)
+        func set(_ value: String?, _ flag: UInt32, _ field: WritableKeyPath<amqp_basic_properties_t, amqp_bytes_t>) {
+            guard let value else { return }
+            flags |= flag
+            properties[keyPath: field] = arena.bytes(value)
         }
-        if let value = message.type {
-            flags |= CS_AMQP_FLAG_TYPE
-            properties.type = arena.bytes(value)
-        }
-        if let value = message.messageID {
-            flags |= CS_AMQP_FLAG_MESSAGE_ID
-            properties.message_id = arena.bytes(value)
-        }
-        if let value = message.correlationID {
-            flags |= CS_AMQP_FLAG_CORRELATION_ID
-            properties.correlation_id = arena.bytes(value)
-        }
-        if let value = message.appID {
-            flags |= CS_AMQP_FLAG_APP_ID
-            properties.app_id = arena.bytes(value)
-        }
+        set(message.contentType, CS_AMQP_FLAG_CONTENT_TYPE, \.content_type)
+        set(message.type, CS_AMQP_FLAG_TYPE, \.type)
+        set(message.messageID, CS_AMQP_FLAG_MESSAGE_ID, \.message_id)
+        set(message.correlationID, CS_AMQP_FLAG_CORRELATION_ID, \.correlation_id)
+        set(message.appID, CS_AMQP_FLAG_APP_ID, \.app_id)
         if let value = message.timestamp {
             flags |= CS_AMQP_FLAG_TIMESTAMP
             properties.timestamp = UInt64(max(0, value.timeIntervalSince1970))
