@@ -156,28 +156,39 @@ struct PostgresClientTests {
     @Test("cancelling the task cancels the statement on the server, and the session stays usable")
     func cancellationReachesServer() async throws {
         try await TestDatabase.withSchema("cancel") { db in
-            try await TestDatabase.withClient(db.ownerConfiguration(maximumConnections: 1)) { client in
-                let started = ContinuousClock.now
-                let task = Task { try await client.query("SELECT pg_sleep(60)") }
-                try await Task.sleep(for: .milliseconds(500))
-                task.cancel()
-                let result = await task.result
-                let elapsed = ContinuousClock.now - started
-                switch result {
-                case .success: Issue.record("a cancelled 60 s sleep returned normally")
-                case .failure(let error as PostgresError):
-                    #expect(error.code == .queryCancelled)
-                    #expect(error.sqlState == "57014")
-                case .failure(let error): Issue.record("unexpected error \(error)")
+            try await TestDatabase.withClient(db.ownerConfiguration(maximumConnections: 1)) { observer in
+                try await TestDatabase.withClient(db.ownerConfiguration(maximumConnections: 1)) { client in
+                    let started = ContinuousClock.now
+                    let task = Task { try await client.query("SELECT pg_sleep(60)") }
+                    // Cancel only once the statement runs on the server (a loaded machine may take a while
+                    // to connect; cancelling before the statement starts is a different, tested path).
+                    var active = 0
+                    while active == 0, ContinuousClock.now - started < .seconds(20) {
+                        try await Task.sleep(for: .milliseconds(50))
+                        active = try await observer.query(
+                            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active' AND application_name = 'cloudscan-test' AND pid <> pg_backend_pid()"
+                        ).single().decode(Int.self, at: 0)
+                    }
+                    #expect(active == 1, "the statement never started on the server")
+                    task.cancel()
+                    let result = await task.result
+                    let elapsed = ContinuousClock.now - started
+                    switch result {
+                    case .success: Issue.record("a cancelled 60 s sleep returned normally")
+                    case .failure(let error as PostgresError):
+                        #expect(error.code == .queryCancelled)
+                        #expect(error.sqlState == "57014")
+                    case .failure(let error): Issue.record("unexpected error \(error)")
+                    }
+                    #expect(elapsed < .seconds(30), "the server kept running the statement: \(elapsed)")
+                    // The one pooled session is healthy and reused.
+                    let value23 = try await client.query("SELECT 7").single().decode(Int32.self, at: 0)
+                    #expect(value23 == 7)
+                    let running = try await client.query(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'"
+                    ).single().decode(Int.self, at: 0)
+                    #expect(running == 0)
                 }
-                #expect(elapsed < .seconds(30), "the server kept running the statement: \(elapsed)")
-                // The one pooled session is healthy and reused.
-                let value23 = try await client.query("SELECT 7").single().decode(Int32.self, at: 0)
-                #expect(value23 == 7)
-                let running = try await client.query(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'"
-                ).single().decode(Int.self, at: 0)
-                #expect(running == 0)
             }
         }
     }
