@@ -1,4 +1,4 @@
-// swift-tools-version:6.1
+// swift-tools-version:6.2
 import PackageDescription
 
 let package = Package(
@@ -15,6 +15,13 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Domain: scan lifecycle, severities, message contracts. No dependencies.
@@ -75,6 +82,35 @@ let package = Package(
                 "CloudScanCore",
                 "CloudScanPostgres",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // Who is calling: JWT (JWKS file or URL, HS256 for development) and client certificates.
+        .target(
+            name: "CloudScanAuth",
+            dependencies: [
+                "CloudScanHTTP",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // The gRPC transport over the service layer: cloudscan.v1.ScanService, health, reflection.
+        // Generated/ is written by scripts/generate-grpc from proto/ and committed.
+        .target(
+            name: "CloudScanGRPC",
+            dependencies: [
+                "CloudScanCore",
+                "CloudScanService",
+                "CloudScanAuth",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
 
@@ -85,10 +121,20 @@ let package = Package(
                 "CloudScanCore",
                 "CloudScanService",
                 "CloudScanPostgres",
+                "CloudScanAuth",
+                "CloudScanMetrics",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
-                .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // Metrics: swift-metrics facade, Prometheus text exposition, the fleet's metric names.
+        .target(
+            name: "CloudScanMetrics",
+            dependencies: [
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
 
@@ -115,6 +161,9 @@ let package = Package(
                 "CloudScanWorkers",
                 "CloudScanService",
                 "CloudScanAPI",
+                "CloudScanAuth",
+                "CloudScanGRPC",
+                "CloudScanMetrics",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -147,6 +196,10 @@ let package = Package(
             name: "CloudScanAPITests",
             dependencies: [
                 "CloudScanAPI", "CloudScanService", "CloudScanHTTP", "CloudScanPostgres", "CloudScanTestSupport",
+                "CloudScanAuth", "CloudScanGRPC", "CloudScanMetrics", "CloudScanAMQP", "CloudScanWorkers",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -1,4 +1,5 @@
 import CloudScanCore
+import CloudScanMetrics
 import Foundation
 import Hummingbird
 
@@ -38,6 +39,7 @@ public struct Problem: Error, HTTPResponseError, Sendable {
                 .tooManyRequests, title: "Too many queued scans", detail: error.message,
                 retryAfterSeconds: error.retryAfterSeconds)
         case .permissionDenied: self.init(.forbidden, title: "Forbidden", detail: error.message)
+        case .unavailable: self.init(.serviceUnavailable, title: "Unavailable", detail: error.message)
         }
     }
 
@@ -71,6 +73,35 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch {
             context.logger.error("request failed", metadata: ["error": "\(error)"])
             throw Problem(.internalServerError, title: "Internal error", detail: "the request could not be completed")
+        }
+    }
+}
+
+/// Counts each request by route pattern and status, and times it (`cloudscan_api_requests_total`,
+/// `cloudscan_api_request_duration_seconds`).
+struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
+    let metrics: FleetMetrics
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        let started = ContinuousClock.now
+        var status = 500
+        defer {
+            let route = context.endpointPath ?? "unmatched"
+            if route != "/metrics" {
+                metrics.request(
+                    transport: "http", route: "\(request.method.rawValue) \(route)", code: String(status),
+                    duration: ContinuousClock.now - started)
+            }
+        }
+        do {
+            let response = try await next(request, context)
+            status = response.status.code
+            return response
+        } catch let error as any HTTPResponseError {
+            status = error.status.code
+            throw error
         }
     }
 }

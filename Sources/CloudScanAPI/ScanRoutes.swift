@@ -1,4 +1,6 @@
+import CloudScanAuth
 import CloudScanCore
+import CloudScanMetrics
 import CloudScanService
 import Foundation
 import HTTPTypes
@@ -13,22 +15,31 @@ public struct ScanAPI: Sendable {
     let service: ScanService
     let authenticator: any Authenticator
     let readiness: @Sendable () async -> [String: Bool]
+    let metrics: FleetMetrics
 
-    /// `readiness` reports each dependency (e.g. `postgres`, `broker`) as up or down.
+    /// `readiness` reports each dependency (e.g. `postgres`, `broker`) as up or down; `metrics` is
+    /// the process's registry, served on `/metrics`.
     public init(
-        service: ScanService, authenticator: any Authenticator,
+        service: ScanService, authenticator: any Authenticator, metrics: FleetMetrics = FleetMetrics(),
         readiness: @escaping @Sendable () async -> [String: Bool]
     ) {
         self.service = service
         self.authenticator = authenticator
         self.readiness = readiness
+        self.metrics = metrics
     }
 
     /// The router, for an `Application` (the composition root and the tests both call this).
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
+        router.middlewares.add(MetricsMiddleware(metrics: metrics))
         router.middlewares.add(ProblemMiddleware())
         router.get("/healthz") { _, _ in Self.json(["status": "ok"]) }
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
+        }
         router.get("/readyz") { _, _ in
             let checks = await readiness()
             let ready = checks.values.allSatisfy { $0 }
@@ -55,11 +66,12 @@ public struct ScanAPI: Sendable {
                     organizationID: caller.organizationID, id: try Self.id(context), requestedBy: caller.subject,
                     traceparent: request.headers[HTTPField.Name("traceparent")!])
             }
+            metrics.scans("canceled").increment()
             return Self.json(ScanJSON.encode(scan))
         }
         // Known paths answer other methods with 405 and the allowed ones.
         let allowed: [(RouterPath, [HTTPRequest.Method])] = [
-            ("/healthz", [.get]), ("/readyz", [.get]), ("/api/v1/scans", [.get, .post]),
+            ("/healthz", [.get]), ("/readyz", [.get]), ("/metrics", [.get]), ("/api/v1/scans", [.get, .post]),
             ("/api/v1/scans/{id}", [.get, .patch, .delete]), ("/api/v1/scans/{id}/findings", [.get]),
         ]
         let every: [HTTPRequest.Method] = [
@@ -89,6 +101,7 @@ public struct ScanAPI: Sendable {
                 idempotencyKey: request.headers[HTTPField.Name("Idempotency-Key")!],
                 traceparent: request.headers[HTTPField.Name("traceparent")!])
         }
+        if !created.replayed { metrics.scans("queued").increment() }
         var response = Self.json(ScanJSON.encode(created.scan), status: .created)
         response.headers[.location] = "/api/v1/scans/\(created.scan.id.uuidString.lowercased())"
         if created.replayed { response.headers[HTTPField.Name("Idempotency-Replayed")!] = "true" }

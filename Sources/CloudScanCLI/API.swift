@@ -1,6 +1,9 @@
 import ArgumentParser
 import CloudScanAMQP
 import CloudScanAPI
+import CloudScanAuth
+import CloudScanGRPC
+import CloudScanMetrics
 import CloudScanPostgres
 import CloudScanService
 import Foundation
@@ -17,6 +20,7 @@ struct API: AsyncParsableCommand {
     @OptionGroup var broker: BrokerOptions
     @Option(help: "Listen address (env HTTP_HOST).") var host: String?
     @Option(help: "HTTP port (env HTTP_PORT; default 8080).") var port: Int?
+    @Option(help: "gRPC port (env GRPC_PORT; default 9999).") var grpcPort: Int?
     @Flag(help: "Do not run the outbox relay in this process.") var noRelay = false
     @Flag(help: "DEVELOPMENT ONLY: trust the X-Cloudscan-Organization header instead of authenticating.")
     var insecureDevelopmentAuth = false
@@ -26,7 +30,8 @@ struct API: AsyncParsableCommand {
         let parts = try await APIParts(
             database: database.postgresConfiguration(applicationName: "cloudscan-api"),
             broker: try broker.configuration(),
-            host: host, port: port, insecureDevelopmentAuth: insecureDevelopmentAuth, relay: !noRelay, logger: logger)
+            host: host, port: port, grpcPort: grpcPort, insecureDevelopmentAuth: insecureDevelopmentAuth,
+            relay: !noRelay, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: parts.services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -41,36 +46,70 @@ struct APIParts {
     let close: @Sendable () async -> Void
 
     init(
-        database: PostgresConfiguration, broker: AMQPConfiguration, host: String?, port: Int?,
+        database: PostgresConfiguration, broker: AMQPConfiguration, host: String?, port: Int?, grpcPort: Int?,
         insecureDevelopmentAuth: Bool, relay: Bool, logger: Logger
     ) async throws {
         let environment = ProcessInfo.processInfo.environment
-        let authenticator: any Authenticator
+        var bearer: any Authenticator
         if insecureDevelopmentAuth {
             logger.critical(
                 "AUTHENTICATION IS DISABLED: callers are trusted to name their organization (X-Cloudscan-Organization). Development only."
             )
-            authenticator = DevelopmentAuthenticator()
+            bearer = DevelopmentAuthenticator()
         } else {
-            authenticator = try await Self.jwtAuthenticator(environment)
+            bearer = try await Self.jwtAuthenticator(environment, logger: logger)
         }
-        let portText = port.map(String.init) ?? environment["HTTP_PORT"] ?? "8080"
-        guard let listenPort = Int(portText), (0...65535).contains(listenPort) else {
-            throw ValidationError("HTTP_PORT / --port: '\(portText)' is not a port number")
+        let listenHost = host ?? environment["HTTP_HOST"] ?? "127.0.0.1"
+        let listenPort = try Self.port(port, environment["HTTP_PORT"], default: 8080, name: "HTTP_PORT / --port")
+        let grpcListenPort = try Self.port(
+            grpcPort, environment["GRPC_PORT"], default: 9999, name: "GRPC_PORT / --grpc-port")
+        // mTLS for service callers on the gRPC server: TLS_CERT_FILE + TLS_KEY_FILE, and
+        // TLS_CLIENT_CA_FILE to require client certificates (SPIFFE URI SAN → organization).
+        var tls: GRPCServerService.TLS?
+        if let certificate = environment["TLS_CERT_FILE"], let key = environment["TLS_KEY_FILE"] {
+            tls = .init(certificateChainFile: certificate, privateKeyFile: key, clientCAFile: environment["TLS_CLIENT_CA_FILE"])
         }
+        let authenticator: any Authenticator =
+            tls?.clientCAFile == nil
+            ? bearer
+            : ChainedAuthenticator(
+                bearer: bearer,
+                certificate: ClientCertificateAuthenticator(trustDomain: environment["MTLS_TRUST_DOMAIN"] ?? "cloudscan"))
+
+        let metrics = FleetMetrics()
+        metrics.bootstrap()
         let client = PostgresClient(configuration: database, logger: logger)
-        let api = ScanAPI(
-            service: ScanService(client: client, logger: logger), authenticator: authenticator,
-            readiness: {
-                let postgres = (try? await client.query("SELECT 1")) != nil
-                let amqp = (try? await AMQPProbe.serverProperties(broker)) != nil
-                return ["postgres": postgres, "broker": amqp]
-            })
+        let service = ScanService(client: client, logger: logger)
+        let readiness: @Sendable () async -> [String: Bool] = {
+            let postgres = (try? await client.query("SELECT 1")) != nil
+            let amqp = (try? await AMQPProbe.serverProperties(broker)) != nil
+            return ["postgres": postgres, "broker": amqp]
+        }
+        let api = ScanAPI(service: service, authenticator: authenticator, metrics: metrics, readiness: readiness)
         let application = Application(
-            router: api.router(),
-            configuration: .init(address: .hostname(host ?? environment["HTTP_HOST"] ?? "127.0.0.1", port: listenPort)),
-            logger: logger)
-        var services: [any Service] = [application]
+            router: api.router(), configuration: .init(address: .hostname(listenHost, port: listenPort)), logger: logger)
+        let hub = ScanWatchHub(listener: PostgresListener(configuration: database, logger: logger), logger: logger)
+        let grpc = GRPCServerService(
+            host: listenHost, port: grpcListenPort, tls: tls,
+            services: [
+                ScanGRPCService(
+                    service: service, authenticator: authenticator, hub: hub,
+                    observe: { method, code, duration in
+                        metrics.request(transport: "grpc", route: method, code: code, duration: duration)
+                        if code == "ok" {
+                            if method == "CreateScan" { metrics.scans("queued").increment() }
+                            if method == "CancelScan" { metrics.scans("canceled").increment() }
+                        }
+                    }),
+                HealthService(readiness: readiness), ReflectionServiceV1(), ReflectionServiceV1Alpha(),
+            ], logger: logger)
+        logger.info(
+            "api listening",
+            metadata: [
+                "http": "\(listenHost):\(listenPort)", "grpc": "\(listenHost):\(grpcListenPort)",
+                "grpc_tls": "\(tls == nil ? "off" : tls?.clientCAFile == nil ? "tls" : "mtls")",
+            ])
+        var services: [any Service] = [application, hub, grpc]
         var relayParts: RelayParts?
         if relay {
             let parts = RelayParts(database: database, broker: broker, logger: logger)
@@ -85,11 +124,19 @@ struct APIParts {
         }
     }
 
+    static func port(_ flag: Int?, _ environment: String?, default value: Int, name: String) throws -> Int {
+        let text = flag.map(String.init) ?? environment ?? String(value)
+        guard let port = Int(text), (0...65535).contains(port) else {
+            throw ValidationError("\(name): '\(text)' is not a port number")
+        }
+        return port
+    }
+
     /// JWT settings from the environment; a missing or bad one is named.
-    static func jwtAuthenticator(_ environment: [String: String]) async throws -> JWTAuthenticator {
+    static func jwtAuthenticator(_ environment: [String: String], logger: Logger) async throws -> JWTAuthenticator {
         guard let issuer = environment["JWT_ISSUER"], let audience = environment["JWT_AUDIENCE"] else {
             throw ValidationError(
-                "set JWT_ISSUER and JWT_AUDIENCE, and JWT_JWKS_FILE or JWT_HS256_SECRET (or, on a development machine only, pass --insecure-development-auth)"
+                "set JWT_ISSUER and JWT_AUDIENCE, and JWT_JWKS_URL, JWT_JWKS_FILE or JWT_HS256_SECRET (or, on a development machine only, pass --insecure-development-auth)"
             )
         }
         var jwks: String?
@@ -106,11 +153,10 @@ struct APIParts {
                     issuer: issuer, audience: audience,
                     organizationClaim: environment["JWT_ORGANIZATION_CLAIM"] ?? "org_id",
                     rolesClaim: environment["JWT_ROLES_CLAIM"] ?? "roles", jwksJSON: jwks,
-                    hmacSecret: environment["JWT_HS256_SECRET"]))
-        } catch let problem as Problem {
-            throw ValidationError("JWT configuration: \(problem.detail)")
+                    jwksURL: environment["JWT_JWKS_URL"], hmacSecret: environment["JWT_HS256_SECRET"]),
+                logger: logger)
         } catch {
-            throw ValidationError("JWT_JWKS_FILE: not a usable JWKS document (\(error))")
+            throw ValidationError("JWT configuration: \(error)")
         }
     }
 }

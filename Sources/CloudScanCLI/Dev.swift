@@ -46,12 +46,12 @@ struct Dev: AsyncParsableCommand {
 
         // The roles that exist so far, in one process; SIGTERM/SIGINT drain them.
         let api = try await APIParts(
-            database: configuration, broker: broker, host: nil, port: port, insecureDevelopmentAuth: true, relay: true,
-            logger: logger)
+            database: configuration, broker: broker, host: nil, port: port, grpcPort: nil, insecureDevelopmentAuth: true,
+            relay: true, logger: logger)
         let group = ServiceGroup(
             configuration: .init(services: api.services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.notice(
-            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), relay running (more roles arrive with their issues)"
+            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999, relay running (more roles arrive with their issues)"
         )
         try await group.run()
         await api.close()

@@ -126,7 +126,7 @@ public struct CreateScanRequest: Sendable, Hashable, Codable {
 /// The service layer's errors; each transport maps them (HTTP problem+json, gRPC status).
 public struct ScanServiceError: Error, Hashable, Sendable, CustomStringConvertible {
     public enum Code: String, Sendable, Hashable {
-        case invalidArgument, notFound, conflict, failedPrecondition, resourceExhausted, permissionDenied
+        case invalidArgument, notFound, conflict, failedPrecondition, resourceExhausted, permissionDenied, unavailable
     }
     public var code: Code
     public var message: String

@@ -1,0 +1,91 @@
+import CoreMetrics
+import Foundation
+import Prometheus
+
+/// The fleet's Prometheus metrics, one registry per process, exposed on `/metrics`.
+///
+/// The names are the contract (DESIGN.md): `cloudscan_scans_total`,
+/// `cloudscan_scan_duration_seconds`, `cloudscan_queue_depth`, `cloudscan_findings_total`,
+/// `cloudscan_k8s_jobs_active`, plus per-role ones. Code that only knows swift-metrics (`Counter`,
+/// `Timer`, …) reaches the same registry through ``bootstrap()``.
+public final class FleetMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        // Registered up front, so a scrape shows every contract name even before its first event.
+        _ = scanDuration
+        _ = registry.makeGauge(name: "cloudscan_k8s_jobs_active", help: "Kubernetes Jobs cloudscan is running.")
+    }
+
+    /// Routes the swift-metrics facade to this registry (once per process).
+    public func bootstrap() {
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+    }
+
+    /// The exposition text (format 0.0.4).
+    public func render() -> [UInt8] {
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(16 * 1024)
+        registry.emit(into: &buffer)
+        return buffer
+    }
+
+    /// Scans that entered a state, by that state (`queued` on create, `canceled`, `completed`, …).
+    public func scans(_ status: String) -> Prometheus.Counter {
+        registry.makeCounter(
+            name: "cloudscan_scans_total", labels: [("status", status)],
+            help: "Scans that entered a state, by that state.")
+    }
+
+    public var scanDuration: DurationHistogram {
+        registry.makeDurationHistogram(
+            name: "cloudscan_scan_duration_seconds", labels: [],
+            buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200].map { .seconds($0) },
+            help: "From queued to a final state.")
+    }
+
+    public func queueDepth(_ queue: String) -> Prometheus.Gauge {
+        registry.makeGauge(
+            name: "cloudscan_queue_depth", labels: [("queue", queue)], help: "Messages ready in a queue.")
+    }
+
+    public func findings(_ severity: String) -> Prometheus.Counter {
+        registry.makeCounter(
+            name: "cloudscan_findings_total", labels: [("severity", severity)], help: "Findings stored, by severity."
+        )
+    }
+
+    /// One request handled by a transport (`http` with the route pattern, `grpc` with the method).
+    public func request(transport: String, route: String, code: String, duration: Duration) {
+        registry.makeCounter(
+            name: "cloudscan_api_requests_total", labels: [("transport", transport), ("route", route), ("code", code)],
+            help: "API requests by transport, route and outcome."
+        ).increment()
+        registry.makeDurationHistogram(
+            name: "cloudscan_api_request_duration_seconds", labels: [("transport", transport), ("route", route)],
+            buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5].map {
+                .nanoseconds(Int64($0 * 1e9))
+            },
+            help: "API request latency by transport and route."
+        ).record(duration)
+    }
+
+    /// Outbox rows published with a broker confirm, and ones that must wait for the next pass.
+    public func outbox(published: Int, failed: Int) {
+        if published > 0 {
+            registry.makeCounter(name: "cloudscan_outbox_published_total", help: "Outbox rows confirmed by the broker.")
+                .increment(by: Int64(published))
+        }
+        if failed > 0 {
+            registry.makeCounter(
+                name: "cloudscan_outbox_publish_failures_total", help: "Outbox rows not confirmed (retried later)."
+            ).increment(by: Int64(failed))
+        }
+    }
+
+    /// Open WatchScan streams.
+    public func watchers(_ count: Int) {
+        registry.makeGauge(name: "cloudscan_watch_streams", help: "Open WatchScan streams.").set(Double(count))
+    }
+}
