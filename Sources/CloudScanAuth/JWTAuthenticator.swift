@@ -163,7 +163,8 @@ public final class JWTAuthenticator: Authenticator {
             lastAttempt = .now
             fetches += 1
             let response = try await http.perform(
-                HTTPRequest(url: url, headers: [("Accept", "application/json")], timeout: .seconds(10),
+                HTTPRequest(
+                    url: url, headers: [("Accept", "application/json")], timeout: .seconds(10),
                     maximumResponseBytes: 1 << 20))
             guard response.status == 200 else {
                 throw ConfigurationError(description: "JWKS \(url) answered \(response.status)")

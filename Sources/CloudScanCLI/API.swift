@@ -67,14 +67,16 @@ struct APIParts {
         // TLS_CLIENT_CA_FILE to require client certificates (SPIFFE URI SAN → organization).
         var tls: GRPCServerService.TLS?
         if let certificate = environment["TLS_CERT_FILE"], let key = environment["TLS_KEY_FILE"] {
-            tls = .init(certificateChainFile: certificate, privateKeyFile: key, clientCAFile: environment["TLS_CLIENT_CA_FILE"])
+            tls = .init(
+                certificateChainFile: certificate, privateKeyFile: key, clientCAFile: environment["TLS_CLIENT_CA_FILE"])
         }
         let authenticator: any Authenticator =
             tls?.clientCAFile == nil
             ? bearer
             : ChainedAuthenticator(
                 bearer: bearer,
-                certificate: ClientCertificateAuthenticator(trustDomain: environment["MTLS_TRUST_DOMAIN"] ?? "cloudscan"))
+                certificate: ClientCertificateAuthenticator(
+                    trustDomain: environment["MTLS_TRUST_DOMAIN"] ?? "cloudscan"))
 
         let metrics = FleetMetrics()
         metrics.bootstrap()
@@ -87,7 +89,8 @@ struct APIParts {
         }
         let api = ScanAPI(service: service, authenticator: authenticator, metrics: metrics, readiness: readiness)
         let application = Application(
-            router: api.router(), configuration: .init(address: .hostname(listenHost, port: listenPort)), logger: logger)
+            router: api.router(), configuration: .init(address: .hostname(listenHost, port: listenPort)), logger: logger
+        )
         let hub = ScanWatchHub(listener: PostgresListener(configuration: database, logger: logger), logger: logger)
         let grpc = GRPCServerService(
             host: listenHost, port: grpcListenPort, tls: tls,

@@ -46,7 +46,8 @@ struct Dev: AsyncParsableCommand {
 
         // The roles that exist so far, in one process; SIGTERM/SIGINT drain them.
         let api = try await APIParts(
-            database: configuration, broker: broker, host: nil, port: port, grpcPort: nil, insecureDevelopmentAuth: true,
+            database: configuration, broker: broker, host: nil, port: port, grpcPort: nil,
+            insecureDevelopmentAuth: true,
             relay: true, logger: logger)
         let group = ServiceGroup(
             configuration: .init(services: api.services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -125,7 +125,8 @@ public struct ReflectionServiceV1: Grpc_Reflection_V1_ServerReflection.ServicePr
                     switch message.messageRequest {
                     case .fileByFilename(let name): .fileByName(name)
                     case .fileContainingSymbol(let symbol): .fileContainingSymbol(symbol)
-                    case .fileContainingExtension(let e): .fileContainingExtension(type: e.containingType, number: e.extensionNumber)
+                    case .fileContainingExtension(let e):
+                        .fileContainingExtension(type: e.containingType, number: e.extensionNumber)
                     case .allExtensionNumbersOfType(let type): .extensionNumbers(type: type)
                     case .listServices: .listServices
                     case nil: .none
@@ -165,7 +166,8 @@ public struct ReflectionServiceV1Alpha: Grpc_Reflection_V1alpha_ServerReflection
             metadata: request.metadata,
             messages: RPCAsyncSequence(
                 wrapping: request.messages.map { message in
-                    try Grpc_Reflection_V1_ServerReflectionRequest(serializedBytes: try message.serializedBytes() as [UInt8])
+                    try Grpc_Reflection_V1_ServerReflectionRequest(
+                        serializedBytes: try message.serializedBytes() as [UInt8])
                 }))
         let response = try await v1.serverReflectionInfo(request: translated, context: context)
         return StreamingServerResponse { writer in
@@ -180,7 +182,8 @@ public struct ReflectionServiceV1Alpha: Grpc_Reflection_V1alpha_ServerReflection
         let base: RPCWriter<Grpc_Reflection_V1alpha_ServerReflectionResponse>
         func write(_ element: Grpc_Reflection_V1_ServerReflectionResponse) async throws {
             try await base.write(
-                Grpc_Reflection_V1alpha_ServerReflectionResponse(serializedBytes: try element.serializedBytes() as [UInt8]))
+                Grpc_Reflection_V1alpha_ServerReflectionResponse(
+                    serializedBytes: try element.serializedBytes() as [UInt8]))
         }
         func write(contentsOf elements: some Sequence<Grpc_Reflection_V1_ServerReflectionResponse>) async throws {
             for element in elements { try await write(element) }

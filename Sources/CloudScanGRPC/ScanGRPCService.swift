@@ -64,7 +64,8 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
         -> ServerResponse<Cloudscan_V1_Scan>
     {
         try await unary("GetScan", request, context) { caller, message in
-            Self.message(try await service.getScan(organizationID: caller.organizationID, id: try Self.uuid(message.id)))
+            Self.message(
+                try await service.getScan(organizationID: caller.organizationID, id: try Self.uuid(message.id)))
         }
     }
 

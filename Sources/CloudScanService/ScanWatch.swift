@@ -119,7 +119,8 @@ extension ScanService {
         }
         let (stream, continuation) = AsyncThrowingStream<ScanChange, any Error>.makeStream()
         continuation.yield(
-            ScanChange(sequence: last, fromStatus: nil, toStatus: scan.status, reason: nil, at: scan.updatedAt, scan: scan))
+            ScanChange(
+                sequence: last, fromStatus: nil, toStatus: scan.status, reason: nil, at: scan.updatedAt, scan: scan))
         if scan.status.isFinal {
             continuation.finish()
             return stream

@@ -1,4 +1,5 @@
 import CloudScanAPI
+import CloudScanAuth
 import CloudScanTestSupport
 import Foundation
 import JWTKit

@@ -1,4 +1,5 @@
 import CloudScanAPI
+import CloudScanAuth
 import CloudScanHTTP
 import CloudScanPostgres
 import CloudScanService
