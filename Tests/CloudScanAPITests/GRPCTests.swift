@@ -10,6 +10,7 @@ import GRPCNIOTransportHTTP2
 import JWTKit
 import Logging
 import ServiceLifecycle
+import Synchronization
 import Testing
 
 /// The gRPC server over real sockets, the live PostgreSQL, and outside clients: Python's grpcio
@@ -28,9 +29,10 @@ struct GRPCTests {
         var db: TestDatabase
     }
 
+    /// `tls` makes the server's TLS settings once the organizations exist (client certificates name them).
     func withServer(
-        tls: GRPCServerService.TLS? = nil, authenticator: (any Authenticator)? = nil,
-        _ body: @Sendable (Server) async throws -> Void
+        tls: (@Sendable (_ organization: UUID) async throws -> GRPCServerService.TLS)? = nil,
+        authenticator: (any Authenticator)? = nil, _ body: @Sendable (Server) async throws -> Void
     ) async throws {
         try await TestDatabase.withSchema("grpc", migrated: true) { db in
             try await TestDatabase.withClient(db.appConfiguration()) { app in
@@ -43,7 +45,7 @@ struct GRPCTests {
                     listener: PostgresListener(configuration: db.appConfiguration(), logger: logger),
                     sweepInterval: .seconds(30), logger: logger)
                 let server = GRPCServerService(
-                    host: "127.0.0.1", port: 0, tls: tls,
+                    host: "127.0.0.1", port: 0, tls: try await tls?(org),
                     services: [
                         ScanGRPCService(
                             service: ScanService(client: app, logger: logger), authenticator: authenticator ?? jwt,
@@ -198,5 +200,125 @@ struct GRPCTests {
                     """)
             }
         }
+    }
+}
+
+/// mTLS on the gRPC server: service callers identified by their client certificate.
+@Suite("gRPC mTLS (live server)")
+struct GRPCMutualTLSTests {
+    /// A throwaway PKI made with openssl: a CA, the server's certificate, client certificates.
+    struct PKI {
+        let directory: URL
+        func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+        static func make(organization: UUID) async throws -> PKI {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pki-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let pki = PKI(directory: directory)
+            func run(_ arguments: [String]) async throws {
+                let status = try await runCommand(["openssl"] + arguments)
+                guard status == 0 else { throw POSIXError(.EINVAL) }
+            }
+            func ca(_ name: String) async throws {
+                try await run([
+                    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                    "-subj", "/CN=\(name)", "-keyout", pki.path("\(name).key"), "-out", pki.path("\(name).pem"),
+                ])
+            }
+            func leaf(_ name: String, ca: String, san: String?) async throws {
+                var arguments = [
+                    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                    "-subj", "/CN=\(name)", "-keyout", pki.path("\(name).key"), "-out", pki.path("\(name).pem"),
+                    "-CA", pki.path("\(ca).pem"), "-CAkey", pki.path("\(ca).key"),
+                ]
+                if let san { arguments += ["-addext", "subjectAltName=\(san)"] }
+                try await run(arguments)
+            }
+            try await ca("ca")
+            try await ca("rogue-ca")
+            try await leaf("server", ca: "ca", san: "IP:127.0.0.1,DNS:localhost")
+            try await leaf(
+                "client-a", ca: "ca",
+                san: "URI:spiffe://cloudscan/org/\(organization.uuidString.lowercased())/svc/gateway")
+            try await leaf("client-noorg", ca: "ca", san: "URI:spiffe://cloudscan/svc/gateway")
+            try await leaf(
+                "client-rogue", ca: "rogue-ca",
+                san: "URI:spiffe://cloudscan/org/\(organization.uuidString.lowercased())/svc/gateway")
+            return pki
+        }
+    }
+
+    @Test(
+        "a client certificate names the organization; one without an organization is refused; no or rogue certificates cannot connect"
+    )
+    func mutualTLS() async throws {
+        let made = Mutex<PKI?>(nil)
+        let chained = ChainedAuthenticator(
+            bearer: try await JWTAuthenticator(
+                configuration: .init(
+                    issuer: GRPCTests.issuer, audience: GRPCTests.audience, hmacSecret: GRPCTests.secret)),
+            certificate: ClientCertificateAuthenticator(trustDomain: "cloudscan"))
+        try await GRPCTests().withServer(
+            tls: { organization in
+                let pki = try await PKI.make(organization: organization)
+                made.withLock { $0 = pki }
+                return .init(
+                    certificateChainFile: pki.path("server.pem"), privateKeyFile: pki.path("server.key"),
+                    clientCAFile: pki.path("ca.pem"))
+            }, authenticator: chained
+        ) { server in
+            let pki = try #require(made.withLock { $0 })
+            defer { try? FileManager.default.removeItem(at: pki.directory) }
+            func call(_ client: String?) async -> Result<Cloudscan_V1_CreateScanResponse, any Error> {
+                var security: HTTP2ClientTransport.Posix.TransportSecurity
+                if let client {
+                    security = .mTLS(
+                        certificateChain: [.file(path: pki.path("\(client).pem"), format: .pem)],
+                        privateKey: .file(path: pki.path("\(client).key"), format: .pem)
+                    ) { config in
+                        config.trustRoots = .certificates([.file(path: pki.path("ca.pem"), format: .pem)])
+                    }
+                } else {
+                    security = .tls { config in
+                        config.trustRoots = .certificates([.file(path: pki.path("ca.pem"), format: .pem)])
+                    }
+                }
+                return await Result(catching: {
+                    try await withGRPCClient(
+                        transport: .http2NIOPosix(
+                            target: .ipv4(address: "127.0.0.1", port: server.port), transportSecurity: security)
+                    ) { grpc in
+                        var request = Cloudscan_V1_CreateScanRequest()
+                        request.project.externalKey = "proj-123"
+                        request.scanTypes = ["sast"]
+                        request.artifact.url = "https://storage.local/m.tar.gz"
+                        return try await Cloudscan_V1_ScanService.Client(wrapping: grpc).createScan(
+                            request,
+                            options: {
+                                var o = CallOptions.defaults; o.timeout = .seconds(5); return o
+                            }())
+                    }
+                })
+            }
+            let created = try await call("client-a").get()
+            #expect(created.scan.organizationID == server.organization.uuidString.lowercased())
+            #expect(created.scan.status == .queued)
+            switch await call("client-noorg") {
+            case .success: Issue.record("a certificate without an organization was accepted")
+            case .failure(let error): #expect((error as? RPCError)?.code == .unauthenticated, "\(error)")
+            }
+            for client in [nil, "client-rogue"] {
+                switch await call(client) {
+                case .success: Issue.record("\(client ?? "no certificate") was accepted")
+                case .failure(let error): #expect((error as? RPCError)?.code == .unavailable, "\(error)")
+                }
+            }
+        }
+    }
+}
+
+extension Result where Failure == any Error {
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
     }
 }
