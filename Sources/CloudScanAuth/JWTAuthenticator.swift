@@ -104,6 +104,7 @@ public final class JWTAuthenticator: Authenticator {
         let http: CurlHTTPClient
         let logger: Logger
         var keys = JWTKeyCollection()
+        var knownKeyIDs: Set<String> = []
         var fetchedAt: ContinuousClock.Instant?
         var lastAttempt: ContinuousClock.Instant?
         var refreshing: Task<Void, Never>?
@@ -118,7 +119,7 @@ public final class JWTAuthenticator: Authenticator {
         func load() async throws {
             var remote: String?
             if let url = configuration.jwksURL { remote = try await fetch(url) }
-            keys = try await Self.collection(configuration, remote: remote)
+            (keys, knownKeyIDs) = try await Self.collection(configuration, remote: remote)
             fetchedAt = .now
         }
 
@@ -130,9 +131,10 @@ public final class JWTAuthenticator: Authenticator {
                 return try await keys.verify(token, as: Claims.self, iteratingKeys: true)
             } catch {
                 // An unknown key id may be a rotation: fetch again (rate-limited) and retry once.
-                guard configuration.jwksURL != nil, let kid = Self.keyID(token),
-                    (try? await keys.getKey(for: JWKIdentifier(string: kid))) == nil
-                else { throw error }
+                // (jwt-kit falls back to a default key for unknown ids, so the ids are tracked here.)
+                guard configuration.jwksURL != nil, let kid = Self.keyID(token), !knownKeyIDs.contains(kid) else {
+                    throw error
+                }
                 if let lastAttempt, ContinuousClock.now - lastAttempt < configuration.jwksMinimumRefreshInterval {
                     throw error
                 }
@@ -147,8 +149,7 @@ public final class JWTAuthenticator: Authenticator {
             let task = Task {
                 do {
                     let text = try await self.fetch(configuration.jwksURL!)
-                    let fresh = try await Self.collection(configuration, remote: text)
-                    self.keys = fresh
+                    (self.keys, self.knownKeyIDs) = try await Self.collection(configuration, remote: text)
                     self.fetchedAt = .now
                 } catch {
                     logger.warning("JWKS refresh failed; keeping the last good keys", metadata: ["error": "\(error)"])
@@ -172,20 +173,27 @@ public final class JWTAuthenticator: Authenticator {
             return String(decoding: response.body, as: UTF8.self)
         }
 
+        /// The keys of the configured documents, and their key ids.
         private static func collection(_ configuration: Configuration, remote: String?) async throws
-            -> JWTKeyCollection
+            -> (JWTKeyCollection, Set<String>)
         {
             let keys = JWTKeyCollection()
+            var ids: Set<String> = []
             do {
-                if let jwks = configuration.jwksJSON { try await keys.add(jwksJSON: jwks) }
-                if let remote { try await keys.add(jwksJSON: remote) }
+                for document in [configuration.jwksJSON, remote].compactMap({ $0 }) {
+                    try await keys.add(jwksJSON: document)
+                    let json = try JSONSerialization.jsonObject(with: Data(document.utf8)) as? [String: Any]
+                    for key in json?["keys"] as? [[String: Any]] ?? [] {
+                        if let kid = key["kid"] as? String { ids.insert(kid) }
+                    }
+                }
             } catch {
                 throw ConfigurationError(description: "not a usable JWKS document (\(error))")
             }
             if let secret = configuration.hmacSecret {
                 await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
             }
-            return keys
+            return (keys, ids)
         }
 
         /// The `kid` of a token's header, without verifying anything.

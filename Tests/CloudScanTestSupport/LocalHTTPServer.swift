@@ -2,7 +2,8 @@ import Foundation
 
 /// A small HTTP server (Python's http.server) on a free loopback port, for client tests.
 /// Routes: `GET /hello` → 200 "hello"; `POST /echo` → 201 echoing the body and `X-Token`;
-/// `GET /big` → 2 MiB; `GET /slow` → answers after 10 s; anything else → 404.
+/// `GET /big` → 2 MiB; `GET /slow` → answers after 10 s; `GET /files/NAME` → the file NAME of the
+/// directory given at start (404 when absent; 500 when it holds "FAIL"); anything else → 404.
 public final class LocalHTTPServer: Sendable {
     public let port: Int
     private let pid: pid_t
@@ -23,6 +24,14 @@ public final class LocalHTTPServer: Sendable {
                 elif self.path == "/big": self.reply(200, b"x" * (2 << 20))
                 elif self.path == "/slow":
                     time.sleep(10); self.reply(200, b"late")
+                elif self.path.startswith("/files/") and len(sys.argv) > 2:
+                    import os
+                    name = os.path.basename(self.path[len("/files/"):])
+                    try:
+                        body = open(os.path.join(sys.argv[2], name), "rb").read()
+                    except OSError:
+                        return self.reply(404, b"no file")
+                    self.reply(500 if body == b"FAIL" else 200, body)
                 else: self.reply(404, b"not found")
             def do_POST(self):
                 n = int(self.headers.get("Content-Length", "0"))
@@ -35,9 +44,9 @@ public final class LocalHTTPServer: Sendable {
         """#
 
     /// Starts the server and waits until its port is known.
-    public init() throws {
+    public init(serving directory: URL? = nil) throws {
         let portFile = FileManager.default.temporaryDirectory.appendingPathComponent("http-\(UUID().uuidString)")
-        let pid = try spawn(["python3", "-c", Self.script, portFile.path])
+        let pid = try spawn(["python3", "-c", Self.script, portFile.path] + (directory.map { [$0.path] } ?? []))
         self.pid = pid
         let deadline = Date().addingTimeInterval(10)
         var port: Int?
