@@ -209,7 +209,8 @@ let package = Package(
             name: "CloudScanServiceTests",
             dependencies: [
                 "CloudScanService", "CloudScanWorkers", "CloudScanCore", "CloudScanPostgres", "CloudScanAMQP",
-                "CloudScanTestSupport", .product(name: "Logging", package: "swift-log"),
+                "CloudScanTestSupport", "CloudScanAPI", "CloudScanAuth", "CloudScanHTTP",
+                .product(name: "Hummingbird", package: "hummingbird"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

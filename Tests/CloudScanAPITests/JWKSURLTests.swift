@@ -26,7 +26,9 @@ struct JWKSURLTests {
             kid: JWKIdentifier(string: kid))
     }
 
-    @Test("cached between calls; a new key id triggers one refetch; a forged key id cannot force more; stale keys are refetched; an outage keeps the last good keys")
+    @Test(
+        "cached between calls; a new key id triggers one refetch; a forged key id cannot force more; stale keys are refetched; an outage keeps the last good keys"
+    )
     func rotation() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("jwks-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

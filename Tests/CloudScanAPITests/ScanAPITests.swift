@@ -200,6 +200,37 @@ struct ScanAPITests {
         }
     }
 
+    @Test("/metrics exposes the contract names and counts requests and created scans")
+    func metrics() async throws {
+        try await withServer { server in
+            for _ in 0..<3 {
+                #expect(
+                    try await server.call("POST", "/api/v1/scans", as: server.organization, body: Self.createBody)
+                        .status
+                        == 201)
+            }
+            #expect(try await server.call("GET", "/api/v1/scans/\(UUID())", as: server.organization).status == 404)
+            let response = try await server.http.perform(.init(url: server.base + "/metrics"))
+            #expect(response.status == 200)
+            #expect(response.header("Content-Type")?.hasPrefix("text/plain; version=0.0.4") == true)
+            let text = String(decoding: response.body, as: UTF8.self)
+            let lines = Set(text.split(separator: "\n").map(String.init))
+            #expect(lines.contains(#"cloudscan_scans_total{status="queued"} 3"#), "\(text)")
+            #expect(
+                lines.contains(
+                    #"cloudscan_api_requests_total{transport="http",route="POST /api/v1/scans",code="201"} 3"#))
+            #expect(
+                lines.contains(
+                    #"cloudscan_api_requests_total{transport="http",route="GET /api/v1/scans/{id}",code="404"} 1"#))
+            for name in [
+                "cloudscan_scan_duration_seconds", "cloudscan_k8s_jobs_active",
+                "cloudscan_api_request_duration_seconds",
+            ] {
+                #expect(text.contains("# TYPE \(name) "), "\(name) is not exposed")
+            }
+        }
+    }
+
     @Test("findings: filtered by severity, scanner and path prefix, paged by cursor; another organization gets 404")
     func findings() async throws {
         try await withServer { server in

@@ -1,10 +1,14 @@
 import CloudScanAMQP
+import CloudScanAPI
+import CloudScanAuth
 import CloudScanCore
+import CloudScanHTTP
 import CloudScanPostgres
 import CloudScanService
 import CloudScanTestSupport
 import CloudScanWorkers
 import Foundation
+import Hummingbird
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -149,7 +153,7 @@ struct OutboxRelayTests {
     }
 
     @Test(
-        "broker stopped during 500 creates: every create succeeds, every row reaches the exchange after the restart",
+        "broker stopped during 500 HTTP creates: every 201's scan reaches the exchange after the restart (0 lost)",
         .chaosNode)
     func brokerOutageLosesNothing() async throws {
         #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
@@ -158,38 +162,80 @@ struct OutboxRelayTests {
         try await TestDatabase.withSchema("relayout", migrated: true) { db in
             try await TestDatabase.withClient(db.appConfiguration(maximumConnections: 8)) { app in
                 let (org, _) = try await TestDatabase.seedOrganization(app)
-                let service = ScanService(client: app, logger: TestDatabase.logger("svc"))
+                let api = ScanAPI(
+                    service: ScanService(client: app, logger: TestDatabase.logger("svc")),
+                    authenticator: DevelopmentAuthenticator(), readiness: { [:] })
+                let port = Mutex<Int?>(nil)
+                let application = Application(
+                    router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                    onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } },
+                    logger: TestDatabase.logger("http"))
                 let created = try await withRelay(db, broker) {
-                    #expect(try await TestBroker.services("rabbit-chaos-kill") == 0)
-                    let ids = try await withThrowingTaskGroup(of: UUID.self) { group in
-                        for n in 0..<500 {
-                            group.addTask {
-                                let request = CreateScanRequest(
-                                    project: .init(externalKey: "proj-123"), scanTypes: ["sast"],
-                                    artifactURL: "https://storage.local/\(n).tar.gz")
-                                return try await service.createScan(organizationID: org, request: request).scan.id
+                    try await withThrowingTaskGroup(of: Void.self) { server in
+                        server.addTask { try await application.runService(gracefulShutdownSignals: []) }
+                        while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(20)) }
+                        let url = "http://127.0.0.1:\(port.withLock { $0 }!)/api/v1/scans"
+                        let http = CurlHTTPClient()
+                        let ok = Counter()
+                        // 500 POSTs from 16 workers; the broker is killed after the 100th 201.
+                        let next = Counter()
+                        let ids = try await withThrowingTaskGroup(of: [UUID].self) { group in
+                            for _ in 0..<16 {
+                                group.addTask {
+                                    var mine: [UUID] = []
+                                    while true {
+                                        let n = next.value.withLock { value in
+                                            defer { value += 1 }
+                                            return value
+                                        }
+                                        if n >= 500 { return mine }
+                                        let body =
+                                            #"{"project":{"external_key":"proj-123"},"scan_types":["sast"],"artifact":{"url":"https://storage.local/\#(n).tar.gz"}}"#
+                                        let response = try await http.perform(
+                                            .init(
+                                                method: "POST", url: url,
+                                                headers: [
+                                                    ("Content-Type", "application/json"),
+                                                    ("X-Cloudscan-Organization", org.uuidString),
+                                                ], body: Array(body.utf8)))
+                                        guard response.status == 201,
+                                            let json = try JSONSerialization.jsonObject(with: Data(response.body))
+                                                as? [String: Any],
+                                            let id = (json["id"] as? String).flatMap({ UUID(uuidString: $0) })
+                                        else { throw POSIXError(.EPROTO) }
+                                        mine.append(id)
+                                        if ok.value.withLock({ value in
+                                            value += 1
+                                            return value == 100
+                                        }) {
+                                            #expect(try await TestBroker.services("rabbit-chaos-kill") == 0)
+                                        }
+                                    }
+                                }
                             }
+                            var ids = Set<UUID>()
+                            for try await batch in group { ids.formUnion(batch) }
+                            return ids
                         }
-                        var ids = Set<UUID>()
-                        for try await id in group { ids.insert(id) }
+                        #expect(ok.value.withLock { $0 } == 500, "every create answered 201 while the broker was down")
+                        #expect(ids.count == 500)
+                        #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
+                        let deadline = ContinuousClock.now + .seconds(60)
+                        while ContinuousClock.now < deadline {
+                            let pending = try await app.withTransaction(organizationID: org) { c in
+                                try await c.query("SELECT count(*) FROM outbox WHERE sent_at IS NULL").single()
+                                    .decode(Int.self, at: 0)
+                            }
+                            if pending == 0 { break }
+                            try await Task.sleep(for: .milliseconds(250))
+                        }
+                        server.cancelAll()
                         return ids
                     }
-                    #expect(ids.count == 500, "every create succeeded while the broker was down")
-                    #expect(try await TestBroker.services("rabbit-chaos-start") == 0)
-                    let deadline = ContinuousClock.now + .seconds(60)
-                    while ContinuousClock.now < deadline {
-                        let pending = try await app.withTransaction(organizationID: org) { c in
-                            try await c.query("SELECT count(*) FROM outbox WHERE sent_at IS NULL").single()
-                                .decode(Int.self, at: 0)
-                        }
-                        if pending == 0 { break }
-                        try await Task.sleep(for: .milliseconds(250))
-                    }
-                    return ids
                 }
                 let (ids, deliveries, _) = try await consumeDispatch(broker, expected: created)
                 print(
-                    "LEDGER relay-outage: created \(created.count), delivered \(deliveries) / \(ids.count) distinct, lost \(created.subtracting(ids).count)"
+                    "LEDGER relay-outage: 201s \(created.count), delivered \(deliveries) / \(ids.count) distinct, lost \(created.subtracting(ids).count)"
                 )
                 #expect(created.subtracting(ids).isEmpty)
             }
@@ -197,4 +243,8 @@ struct OutboxRelayTests {
         // Leave the chaos node's shared queues empty for the next run.
         try await Self.fleet.delete(broker: broker)
     }
+}
+
+final class Counter: Sendable {
+    let value = Mutex(0)
 }
