@@ -30,8 +30,8 @@ public struct ScanAPI: Sendable {
     }
 
     /// The router, for an `Application` (the composition root and the tests both call this).
-    public func router() -> Router<BasicRequestContext> {
-        let router = Router()
+    public func router() -> Router<APIRequestContext> {
+        let router = Router(context: APIRequestContext.self)
         router.middlewares.add(MetricsMiddleware(metrics: metrics))
         router.middlewares.add(ProblemMiddleware())
         router.get("/healthz") { _, _ in Self.json(["status": "ok"]) }
@@ -49,9 +49,9 @@ public struct ScanAPI: Sendable {
         }
         let scans = router.group("/api/v1/scans")
         scans.post { request, context in try await create(request, context) }
-        scans.get { request, _ in try await list(request) }
+        scans.get { request, context in try await list(request, context) }
         scans.get("{id}") { request, context in
-            let caller = try await authenticator.authenticate(request)
+            let caller = try await authenticator.authenticate(request, context)
             let scan = try await mapped {
                 try await service.getScan(organizationID: caller.organizationID, id: try Self.id(context))
             }
@@ -60,7 +60,7 @@ public struct ScanAPI: Sendable {
         scans.get("{id}/findings") { request, context in try await findings(request, context) }
         scans.patch("{id}") { request, context in try await update(request, context) }
         scans.delete("{id}") { request, context in
-            let caller = try await authenticator.authenticate(request)
+            let caller = try await authenticator.authenticate(request, context)
             let scan = try await mapped {
                 try await service.cancelScan(
                     organizationID: caller.organizationID, id: try Self.id(context), requestedBy: caller.subject,
@@ -91,8 +91,8 @@ public struct ScanAPI: Sendable {
 
     // MARK: Handlers
 
-    func create(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        let caller = try await authenticator.authenticate(request)
+    func create(_ request: Request, _ context: APIRequestContext) async throws -> Response {
+        let caller = try await authenticator.authenticate(request, context)
         let body = try await Self.body(of: request)
         let create = try CreateScanJSON.decode(Data(buffer: body))
         let created = try await mapped {
@@ -108,8 +108,8 @@ public struct ScanAPI: Sendable {
         return response
     }
 
-    func list(_ request: Request) async throws -> Response {
-        let caller = try await authenticator.authenticate(request)
+    func list(_ request: Request, _ context: APIRequestContext) async throws -> Response {
+        let caller = try await authenticator.authenticate(request, context)
         let query = request.uri.queryParameters
         func uuid(_ name: String) throws -> UUID? {
             guard let text = query[name[...]] else { return nil }
@@ -157,8 +157,8 @@ public struct ScanAPI: Sendable {
     }
 
     /// `PATCH /api/v1/scans/{id}` with `{"labels": {…}}`: replaces the labels, nothing else.
-    func update(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        let caller = try await authenticator.authenticate(request)
+    func update(_ request: Request, _ context: APIRequestContext) async throws -> Response {
+        let caller = try await authenticator.authenticate(request, context)
         let body = try await Self.body(of: request)
         struct Patch: Decodable { var labels: [String: String] }
         let patch: Patch
@@ -177,8 +177,8 @@ public struct ScanAPI: Sendable {
         return Self.json(ScanJSON.encode(scan))
     }
 
-    func findings(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        let caller = try await authenticator.authenticate(request)
+    func findings(_ request: Request, _ context: APIRequestContext) async throws -> Response {
+        let caller = try await authenticator.authenticate(request, context)
         let query = request.uri.queryParameters
         var filter = ScanService.FindingsFilter()
         if let text = query["severity"] {
@@ -238,7 +238,7 @@ public struct ScanAPI: Sendable {
         }
     }
 
-    static func id(_ context: BasicRequestContext) throws -> UUID {
+    static func id(_ context: APIRequestContext) throws -> UUID {
         guard let text = context.parameters.get("id"), let id = UUID(uuidString: text) else {
             // Not a scan id: nothing can exist there.
             throw Problem(.notFound, title: "Not found", detail: "no such scan")

@@ -1,4 +1,5 @@
 import Foundation
+import X509
 
 /// Who is calling: the organization every query is scoped to, and a subject for the audit trail.
 public struct Caller: Sendable, Hashable {
@@ -45,6 +46,19 @@ public struct ClientCertificate: Sendable, Hashable {
     public init(commonName: String?, uris: [String]) {
         self.commonName = commonName
         self.uris = uris
+    }
+
+    /// The CN and URI SANs of a certificate the TLS layer has verified.
+    public init(_ certificate: Certificate) {
+        var uris: [String] = []
+        if let names = try? certificate.extensions.subjectAlternativeNames {
+            for name in names {
+                if case .uniformResourceIdentifier(let uri) = name { uris.append(uri) }
+            }
+        }
+        let commonName = certificate.subject.flatMap { $0 }.first { $0.type == .RDNAttributeType.commonName }
+            .map { "\($0.value)" }
+        self.init(commonName: commonName, uris: uris)
     }
 }
 

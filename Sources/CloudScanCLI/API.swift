@@ -8,6 +8,7 @@ import CloudScanPostgres
 import CloudScanService
 import Foundation
 import Hummingbird
+import HummingbirdTLS
 import Logging
 import ServiceLifecycle
 
@@ -63,8 +64,8 @@ struct APIParts {
         let listenPort = try Self.port(port, environment["HTTP_PORT"], default: 8080, name: "HTTP_PORT / --port")
         let grpcListenPort = try Self.port(
             grpcPort, environment["GRPC_PORT"], default: 9999, name: "GRPC_PORT / --grpc-port")
-        // mTLS for service callers on the gRPC server: TLS_CERT_FILE + TLS_KEY_FILE, and
-        // TLS_CLIENT_CA_FILE to require client certificates (SPIFFE URI SAN → organization).
+        // TLS on both servers: TLS_CERT_FILE + TLS_KEY_FILE; TLS_CLIENT_CA_FILE adds mTLS for service
+        // callers (SPIFFE URI SAN → organization): required on gRPC, optional on HTTP.
         var tls: GRPCServerService.TLS?
         if let certificate = environment["TLS_CERT_FILE"], let key = environment["TLS_KEY_FILE"] {
             tls = .init(
@@ -88,9 +89,21 @@ struct APIParts {
             return ["postgres": postgres, "broker": amqp]
         }
         let api = ScanAPI(service: service, authenticator: authenticator, metrics: metrics, readiness: readiness)
-        let application = Application(
-            router: api.router(), configuration: .init(address: .hostname(listenHost, port: listenPort)), logger: logger
-        )
+        let httpConfiguration = ApplicationConfiguration(address: .hostname(listenHost, port: listenPort))
+        let application: any Service
+        if let tls {
+            // TLS on the HTTP port too; with the client CA, certificates are optional there (verified
+            // when sent) so bearer-token callers need none.
+            application = Application(
+                router: api.router(),
+                server: try .tls(
+                    .http1(),
+                    tlsConfiguration: APITLS.configuration(
+                        certificateChainFile: tls.certificateChainFile, privateKeyFile: tls.privateKeyFile,
+                        clientCAFile: tls.clientCAFile)), configuration: httpConfiguration, logger: logger)
+        } else {
+            application = Application(router: api.router(), configuration: httpConfiguration, logger: logger)
+        }
         let hub = ScanWatchHub(listener: PostgresListener(configuration: database, logger: logger), logger: logger)
         let grpc = GRPCServerService(
             host: listenHost, port: grpcListenPort, tls: tls,

@@ -194,22 +194,9 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
         if let posix = context.transportSpecific as? HTTP2ServerTransport.Posix.Context,
             let certificate = posix.peerCertificate
         {
-            credentials.clientCertificate = Self.identity(certificate)
+            credentials.clientCertificate = ClientCertificate(certificate)
         }
         return try await authenticator.authenticate(credentials)
-    }
-
-    /// The CN and URI SANs of a verified client certificate.
-    static func identity(_ certificate: Certificate) -> ClientCertificate {
-        var uris: [String] = []
-        if let names = try? certificate.extensions.subjectAlternativeNames {
-            for name in names {
-                if case .uniformResourceIdentifier(let uri) = name { uris.append(uri) }
-            }
-        }
-        let commonName = certificate.subject.flatMap { $0 }.first { $0.type == .RDNAttributeType.commonName }
-            .map { "\($0.value)" }
-        return ClientCertificate(commonName: commonName, uris: uris)
     }
 
     static func rpcError(_ error: any Error) -> RPCError {
