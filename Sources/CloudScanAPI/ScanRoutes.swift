@@ -248,7 +248,7 @@ public struct ScanAPI: Sendable {
 
     static func json(_ object: Any, status: HTTPResponse.Status = .ok) -> Response {
         let data =
-            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+            (try? JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes]))
             ?? Data("{}".utf8)
         return Response(
             status: status, headers: [.contentType: "application/json"],
@@ -259,8 +259,6 @@ public struct ScanAPI: Sendable {
 /// The JSON shape of a scan (snake_case, RFC 3339 timestamps).
 enum ScanJSON {
     static func encode(_ scan: Scan) -> [String: Any] {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         var artifact: [String: Any] = ["url": scan.artifactURL]
         if let sha = scan.artifactSHA256 { artifact["sha256"] = sha }
         return [
@@ -273,8 +271,8 @@ enum ScanJSON {
                 "critical": scan.counts.critical, "high": scan.counts.high, "medium": scan.counts.medium,
                 "low": scan.counts.low, "info": scan.counts.info,
             ],
-            "created_at": formatter.string(from: scan.createdAt), "updated_at": formatter.string(from: scan.updatedAt),
-            "finished_at": scan.finishedAt.map { formatter.string(from: $0) } ?? NSNull(),
+            "created_at": RFC3339.string(from: scan.createdAt), "updated_at": RFC3339.string(from: scan.updatedAt),
+            "finished_at": scan.finishedAt.map { RFC3339.string(from: $0) } ?? NSNull(),
         ]
     }
 }

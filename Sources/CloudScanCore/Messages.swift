@@ -195,19 +195,9 @@ public enum MessageCoding {
             }).joined()
     }
 
-    static func formatTimestamp(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: date)
-    }
+    static func formatTimestamp(_ date: Date) -> String { RFC3339.string(from: date) }
 
-    static func parseTimestamp(_ text: String) -> Date? {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let date = formatter.date(from: text) { return date }
-        formatter.formatOptions = [.withInternetDateTime]
-        return formatter.date(from: text)
-    }
+    static func parseTimestamp(_ text: String) -> Date? { RFC3339.date(from: text) }
 
     struct AnyKey: CodingKey {
         var stringValue: String
