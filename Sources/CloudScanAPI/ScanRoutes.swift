@@ -151,8 +151,15 @@ public struct ScanAPI: Sendable {
             try await service.listScans(
                 organizationID: caller.organizationID, filter: filter, pageSize: pageSize, cursor: cursor)
         }
-        var body: [String: Any] = ["items": page.scans.map(ScanJSON.encode)]
-        body["next_cursor"] = page.nextCursor ?? NSNull()
+        var body = JSONText()
+        body.raw("{\"items\":[")
+        for (index, scan) in page.scans.enumerated() {
+            if index > 0 { body.raw(",") }
+            ScanJSON.write(scan, into: &body)
+        }
+        body.raw("],\"next_cursor\":")
+        if let next = page.nextCursor { body.string(next) } else { body.raw("null") }
+        body.raw("}")
         return Self.json(body)
     }
 
@@ -246,6 +253,12 @@ public struct ScanAPI: Sendable {
         return id
     }
 
+    static func json(_ text: JSONText, status: HTTPResponse.Status = .ok) -> Response {
+        Response(
+            status: status, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: text.bytes)))
+    }
+
     static func json(_ object: Any, status: HTTPResponse.Status = .ok) -> Response {
         let data =
             (try? JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes]))
@@ -256,24 +269,55 @@ public struct ScanAPI: Sendable {
     }
 }
 
-/// The JSON shape of a scan (snake_case, RFC 3339 timestamps).
+/// The JSON shape of a scan (snake_case, RFC 3339 timestamps), written directly: going through
+/// `JSONSerialization` and `[String: Any]` cost CreateScan ~13 % of its CPU in dynamic casts.
 enum ScanJSON {
-    static func encode(_ scan: Scan) -> [String: Any] {
-        var artifact: [String: Any] = ["url": scan.artifactURL]
-        if let sha = scan.artifactSHA256 { artifact["sha256"] = sha }
-        return [
-            "id": scan.id.uuidString.lowercased(), "organization_id": scan.organizationID.uuidString.lowercased(),
-            "project_id": scan.projectID.uuidString.lowercased(), "status": scan.status.rawValue,
-            "scan_types": scan.scanTypes.map(\.rawValue), "artifact": artifact, "attempt": scan.attempt,
-            "timeout_seconds": scan.timeoutSeconds, "labels": scan.labels,
-            "failure_reason": scan.failureReason ?? NSNull(),
-            "findings": [
-                "critical": scan.counts.critical, "high": scan.counts.high, "medium": scan.counts.medium,
-                "low": scan.counts.low, "info": scan.counts.info,
-            ],
-            "created_at": RFC3339.string(from: scan.createdAt), "updated_at": RFC3339.string(from: scan.updatedAt),
-            "finished_at": scan.finishedAt.map { RFC3339.string(from: $0) } ?? NSNull(),
-        ]
+    static func encode(_ scan: Scan) -> JSONText {
+        var out = JSONText()
+        write(scan, into: &out)
+        return out
+    }
+
+    static func write(_ scan: Scan, into out: inout JSONText) {
+        out.raw("{\"id\":")
+        out.string(scan.id.uuidString.lowercased())
+        out.raw(",\"organization_id\":")
+        out.string(scan.organizationID.uuidString.lowercased())
+        out.raw(",\"project_id\":")
+        out.string(scan.projectID.uuidString.lowercased())
+        out.raw(",\"status\":")
+        out.string(scan.status.rawValue)
+        out.raw(",\"scan_types\":[")
+        for (index, type) in scan.scanTypes.enumerated() {
+            if index > 0 { out.raw(",") }
+            out.string(type.rawValue)
+        }
+        out.raw("],\"artifact\":{\"url\":")
+        out.string(scan.artifactURL)
+        if let sha = scan.artifactSHA256 {
+            out.raw(",\"sha256\":")
+            out.string(sha)
+        }
+        out.raw("},\"attempt\":\(scan.attempt),\"timeout_seconds\":\(scan.timeoutSeconds),\"labels\":{")
+        for (index, (key, value)) in scan.labels.sorted(by: { $0.key < $1.key }).enumerated() {
+            if index > 0 { out.raw(",") }
+            out.string(key)
+            out.raw(":")
+            out.string(value)
+        }
+        out.raw("},\"failure_reason\":")
+        if let reason = scan.failureReason { out.string(reason) } else { out.raw("null") }
+        let c = scan.counts
+        out.raw(
+            ",\"findings\":{\"critical\":\(c.critical),\"high\":\(c.high),\"medium\":\(c.medium),\"low\":\(c.low),\"info\":\(c.info)}"
+        )
+        out.raw(",\"created_at\":")
+        out.string(RFC3339.string(from: scan.createdAt))
+        out.raw(",\"updated_at\":")
+        out.string(RFC3339.string(from: scan.updatedAt))
+        out.raw(",\"finished_at\":")
+        if let finished = scan.finishedAt { out.string(RFC3339.string(from: finished)) } else { out.raw("null") }
+        out.raw("}")
     }
 }
 

@@ -9,11 +9,15 @@ import Logging
 public struct ScanService: Sendable {
     let client: PostgresClient
     let logger: Logger
+    let batcher: CreateBatcher?
 
-    /// A service over a client connected as the services' role.
-    public init(client: PostgresClient, logger: Logger) {
+    /// A service over a client connected as the services' role. With `groupCreates` (the
+    /// default), concurrent creates of one organization without an idempotency key are written in
+    /// groups (see ``CreateBatcher``).
+    public init(client: PostgresClient, logger: Logger, groupCreates: Bool = true) {
         self.client = client
         self.logger = logger
+        self.batcher = groupCreates ? CreateBatcher() : nil
     }
 
     /// The result of ``createScan(organizationID:request:idempotencyKey:traceparent:)``.
@@ -34,8 +38,23 @@ public struct ScanService: Sendable {
         if let key = idempotencyKey, key.isEmpty || key.utf8.count > 255 {
             throw ScanServiceError.invalidArgument(field: "Idempotency-Key", "1–255 bytes")
         }
-        let requestText = try Self.canonicalJSON(request)
-        return try await client.withTransaction(organizationID: organizationID) { c in
+        if idempotencyKey == nil, let batcher {
+            return try await batcher.submit(
+                self, organizationID: organizationID, request: request, scanTypes: scanTypes, traceparent: traceparent)
+        }
+        return try await createOne(
+            organizationID: organizationID, request: request, scanTypes: scanTypes, idempotencyKey: idempotencyKey,
+            requestText: try Self.canonicalJSON(request), traceparent: traceparent)
+    }
+
+    /// One create in its own transaction (the path for idempotency keys, and the fallback of a
+    /// group that failed as a whole).
+    func createOne(
+        organizationID: UUID, request: CreateScanRequest, scanTypes: [ScanType], idempotencyKey: String?,
+        requestText: String?, traceparent: String?
+    ) async throws -> Created {
+        try await client.withTransaction(organizationID: organizationID) { c in
+            try await Self.lockAdmission(c, organizationID: organizationID)
             // One lookup: the organization (RLS shows only the caller's), the project (by id or by the
             // gateway's key, not archived) and the queued scans, counted no further than the cap.
             let lookup = try await c.query(
@@ -140,6 +159,14 @@ public struct ScanService: Sendable {
             }
             return Created(scan: scan, replayed: false)
         }
+    }
+
+    /// Serializes admission per organization (in every API process) until the transaction ends,
+    /// so concurrent creates cannot all see room under the queued-scan cap. Its own statement:
+    /// the count that follows must take its snapshot after the lock is granted.
+    static func lockAdmission(_ c: PostgresConnection, organizationID: UUID) async throws {
+        try await c.query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('cloudscan.admission:' || \(organizationID)::text, 0))")
     }
 
     // MARK: Read

@@ -184,6 +184,65 @@ struct ScanServiceTests {
         }
     }
 
+    @Test(
+        "grouped creates: 200 at once are written in shared transactions, each keeps its own outcome (cap, unknown project)"
+    )
+    func groupedCreates() async throws {
+        try await withService(cap: 150) { service, app, org, _ in
+            let outcomes = await withTaskGroup(of: Result<UUID, ScanServiceError>.self) { group in
+                for n in 0..<200 {
+                    group.addTask {
+                        do {
+                            let key = n % 20 == 0 ? "no-such-project" : "proj-123"
+                            return .success(
+                                try await service.createScan(organizationID: org, request: request(key)).scan.id)
+                        } catch let error as ScanServiceError {
+                            return .failure(error)
+                        } catch {
+                            return .failure(ScanServiceError(code: .conflict, message: "\(error)"))
+                        }
+                    }
+                }
+                var all: [Result<UUID, ScanServiceError>] = []
+                for await outcome in group { all.append(outcome) }
+                return all
+            }
+            let created = outcomes.compactMap { try? $0.get() }
+            let errors = outcomes.compactMap { if case .failure(let e) = $0 { e } else { nil } }
+            #expect(Set(created).count == 150, "exactly the cap is admitted")
+            #expect(errors.filter { $0.field == "project" }.count == 10, "each unknown project fails alone")
+            #expect(errors.filter { $0.code == .resourceExhausted }.count == 40)
+            #expect(errors.count == 50)
+            try await app.withTransaction(organizationID: org) { c in
+                let counts = try await c.query(
+                    """
+                    SELECT (SELECT count(*) FROM scans), (SELECT count(*) FROM scan_events),
+                           (SELECT count(DISTINCT correlation_id) FROM outbox WHERE message_type = 'scan.create.v1'),
+                           (SELECT count(DISTINCT xmin::text) FROM scans),
+                           (SELECT count(*) FROM scans s JOIN outbox o ON o.correlation_id = s.id::text)
+                    """
+                ).single()
+                #expect(try counts.decode(Int.self, at: 0) == 150)
+                #expect(try counts.decode(Int.self, at: 1) == 150)
+                #expect(try counts.decode(Int.self, at: 2) == 150)
+                #expect(try counts.decode(Int.self, at: 4) == 150, "every scan has its own outbox row")
+                let transactions = try counts.decode(Int.self, at: 3)
+                #expect(transactions < 150, "creates were grouped: \(transactions) transactions for 150 scans")
+            }
+        }
+        // Text that needs escaping survives the group's JSON document.
+        try await withService { service, _, org, _ in
+            let labels = ["quote": #"say "hi" \ back/slash"#, "unicode": "é ✓ 𝄞"]
+            var create = request()
+            create.labels = labels
+            create.artifactURL = #"https://storage.local/a "b"\c.tar.gz"#
+            let created = try await service.createScan(organizationID: org, request: create)
+            let read = try await service.getScan(organizationID: org, id: created.scan.id)
+            #expect(read.labels == labels)
+            #expect(read.artifactURL == create.artifactURL)
+        }
+    }
+
     @Test("list pages newest first with cursors, each scan once")
     func pagination() async throws {
         try await withService { service, _, org, project in
