@@ -193,7 +193,7 @@ extension ScanService {
                 rows.raw("{\"id\":")
                 rows.string(scanID.uuidString.lowercased())
                 rows.raw(",\"created_at\":")
-                rows.string(RFC3339.string(from: createdAt))
+                rows.string(RFC3339.string(from: createdAt, fractionDigits: 6))
                 rows.raw(",\"project_id\":")
                 rows.string(projectID.uuidString.lowercased())
                 rows.raw(",\"scan_types\":")

@@ -17,8 +17,10 @@ struct RFC3339Tests {
         }
         for seconds in fixed + random {
             let date = Date(timeIntervalSince1970: seconds)
-            let text = RFC3339.string(from: date)
+            let text = RFC3339.string(from: date, fractionDigits: 6)
             #expect(text.count == 27 && text.hasSuffix("Z"), "\(text)")
+            let millis = RFC3339.string(from: date)
+            #expect(millis.count == 24 && millis.prefix(23) == text.prefix(23), "\(millis) vs \(text)")
             // Whole seconds agree with Foundation's formatter (floor of the microsecond-rounded time).
             let micros = (seconds * 1e6).rounded()
             let whole = Date(timeIntervalSince1970: (micros / 1e6).rounded(.down))
