@@ -76,8 +76,14 @@ final class CreateBatcher: Sendable {
             do {
                 let outcomes = try await service.createGroup(organizationID: organizationID, jobs: group)
                 for (job, outcome) in zip(group, outcomes) { job.continuation.resume(with: outcome) }
+            } catch  where !Self.certainlyRolledBack(error) {
+                // The session failed mid-transaction, maybe during COMMIT: the group may have been
+                // written. Retrying alone could create every scan twice, so each caller gets the
+                // error (a gateway retry is then the caller's choice, with an Idempotency-Key).
+                for job in group { job.continuation.resume(throwing: error) }
             } catch {
-                // The group failed as a whole: each request alone, so a bad one fails only itself.
+                // The server refused the group, so nothing of it was written: each request alone,
+                // so a bad one fails only itself.
                 await withTaskGroup(of: Void.self) { tasks in
                     for job in group {
                         tasks.addTask {
@@ -93,6 +99,20 @@ final class CreateBatcher: Sendable {
                     }
                 }
             }
+        }
+    }
+}
+
+extension CreateBatcher {
+    /// Whether a failed group certainly left nothing behind: the server rejected a statement
+    /// (the transaction then rolls back), reported a COMMIT that did not commit, or our own check
+    /// failed before COMMIT. A lost or closed session is not certain: it may have died after the
+    /// server committed.
+    static func certainlyRolledBack(_ error: any Error) -> Bool {
+        switch error {
+        case let error as PostgresError: return error.code == .server || error.code == .commitFailed
+        case is ScanServiceError: return true
+        default: return false
         }
     }
 }
