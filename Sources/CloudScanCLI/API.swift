@@ -109,7 +109,7 @@ struct APIParts {
             host: listenHost, port: grpcListenPort, tls: tls,
             services: [
                 ScanGRPCService(
-                    service: service, authenticator: authenticator, hub: hub,
+                    service: service, authenticator: authenticator, hub: hub, logger: logger,
                     observe: { method, code, duration in
                         metrics.request(transport: "grpc", route: method, code: code, duration: duration)
                         if code == "ok" {

@@ -19,15 +19,27 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
     let authenticator: any Authenticator
     let hub: ScanWatchHub
     let observe: @Sendable (_ method: String, _ code: String, _ duration: Duration) -> Void
+    let logger: Logger
 
     public init(
         service: ScanService, authenticator: any Authenticator, hub: ScanWatchHub,
+        logger: Logger = Logger(label: "cloudscan.grpc"),
         observe: @escaping @Sendable (_ method: String, _ code: String, _ duration: Duration) -> Void = { _, _, _ in }
     ) {
         self.service = service
         self.authenticator = authenticator
         self.hub = hub
+        self.logger = logger
         self.observe = observe
+    }
+
+    /// The status for `error`; an unexpected one is logged here (the caller only sees INTERNAL).
+    private func status(_ error: any Error, _ method: String) -> RPCError {
+        let rpcError = Self.rpcError(error)
+        if rpcError.code == .internalError {
+            logger.error("RPC failed", metadata: ["method": "\(method)", "error": "\(error)"])
+        }
+        return rpcError
     }
 
     // MARK: RPCs
@@ -141,7 +153,7 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
             changes = try await service.watchScan(
                 organizationID: caller.organizationID, id: try Self.uuid(request.message.id), hub: hub)
         } catch {
-            let rpcError = Self.rpcError(error)
+            let rpcError = status(error, "WatchScan")
             observe("WatchScan", "\(rpcError.code)", ContinuousClock.now - started)
             return StreamingServerResponse(error: rpcError)
         }
@@ -158,8 +170,9 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
                     try await writer.write(event)
                 }
             } catch {
-                observe("WatchScan", "\(Self.rpcError(error).code)", ContinuousClock.now - started)
-                throw Self.rpcError(error)
+                let rpcError = status(error, "WatchScan")
+                observe("WatchScan", "\(rpcError.code)", ContinuousClock.now - started)
+                throw rpcError
             }
             observe("WatchScan", "ok", ContinuousClock.now - started)
             return [:]
@@ -180,7 +193,7 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
             observe(method, "ok", ContinuousClock.now - started)
             return ServerResponse(message: response)
         } catch {
-            let rpcError = Self.rpcError(error)
+            let rpcError = status(error, method)
             observe(method, "\(rpcError.code)", ContinuousClock.now - started)
             return ServerResponse(error: rpcError)
         }
