@@ -295,7 +295,7 @@ struct GRPCMutualTLSTests {
                         return try await Cloudscan_V1_ScanService.Client(wrapping: grpc).createScan(
                             request,
                             options: {
-                                var o = CallOptions.defaults; o.timeout = .seconds(5); return o
+                                var o = CallOptions.defaults; o.timeout = .seconds(60); return o
                             }())
                     }
                 })
