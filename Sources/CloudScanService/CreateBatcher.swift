@@ -126,7 +126,7 @@ extension ScanService {
             let orgRows = try await c.query(
                 """
                 SELECT o.disabled_at IS NOT NULL, o.queued_scan_cap, o.enabled_scan_types,
-                       (SELECT count(*) FROM (SELECT 1 FROM scans WHERE status = 'queued' LIMIT o.queued_scan_cap) q)
+                       (SELECT coalesce(sum(q.queued), 0)::bigint FROM organization_queue_counts q WHERE q.organization_id = o.id)
                 FROM organizations o
                 """)
             guard let org = orgRows.first else {

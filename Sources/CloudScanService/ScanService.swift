@@ -56,11 +56,11 @@ public struct ScanService: Sendable {
         try await client.withTransaction(organizationID: organizationID) { c in
             try await Self.lockAdmission(c, organizationID: organizationID)
             // One lookup: the organization (RLS shows only the caller's), the project (by id or by the
-            // gateway's key, not archived) and the queued scans, counted no further than the cap.
+            // gateway's key, not archived) and the organization's queued scans (a counter kept by triggers).
             let lookup = try await c.query(
                 """
                 SELECT o.disabled_at IS NOT NULL, o.queued_scan_cap, o.enabled_scan_types, p.id, p.timeout_seconds,
-                       (SELECT count(*) FROM (SELECT 1 FROM scans WHERE status = 'queued' LIMIT o.queued_scan_cap) q)
+                       (SELECT coalesce(sum(q.queued), 0)::bigint FROM organization_queue_counts q WHERE q.organization_id = o.id)
                 FROM organizations o
                 LEFT JOIN projects p ON p.archived_at IS NULL
                     AND (p.id = \(request.project.id) OR (\(request.project.id)::uuid IS NULL

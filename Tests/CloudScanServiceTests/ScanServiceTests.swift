@@ -267,4 +267,88 @@ struct ScanServiceTests {
             }
         }
     }
+
+    /// The organization's queued counter and its actual queued scans.
+    static func queued(_ app: PostgresClient, _ org: UUID) async throws -> [Int] {
+        try await app.withTransaction(organizationID: org) { c in
+            let row = try await c.query(
+                """
+                SELECT (SELECT coalesce(sum(queued), 0) FROM organization_queue_counts),
+                       (SELECT count(*) FROM scans WHERE status = 'queued')
+                """
+            ).single()
+            return [try row.decode(Int.self, at: 0), try row.decode(Int.self, at: 1)]
+        }
+    }
+
+    @Test("admission's queued counter stays exact through grouped and keyed creates, cancels, status moves and deletes")
+    func queuedCounter() async throws {
+        try await withService(cap: 60) { service, app, org, _ in
+            // 40 grouped creates and 5 keyed ones, concurrently.
+            let ids = try await withThrowingTaskGroup(of: UUID.self) { group in
+                for n in 0..<45 {
+                    group.addTask {
+                        try await service.createScan(
+                            organizationID: org, request: request(), idempotencyKey: n < 5 ? "key-\(n)" : nil
+                        ).scan.id
+                    }
+                }
+                return try await group.reduce(into: [UUID]()) { $0.append($1) }
+            }
+            #expect(try await Self.queued(app, org) == [45, 45])
+            for id in ids.prefix(7) {
+                _ = try await service.cancelScan(organizationID: org, id: id, requestedBy: "test")
+            }
+            #expect(try await Self.queued(app, org) == [38, 38])
+            // Status moves as the dispatcher makes them, from four sessions at once; one moves back.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for id in ids[7..<15] {
+                    group.addTask {
+                        try await app.withTransaction(organizationID: org) { c in
+                            try await c.execute("UPDATE scans SET status = 'dispatched' WHERE id = \(id)")
+                            _ = try await c.execute("UPDATE scans SET labels = '{}' WHERE id = \(id)")
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            try await app.withTransaction(organizationID: org) { c in
+                _ = try await c.execute("UPDATE scans SET status = 'queued' WHERE id = \(ids[7])")
+            }
+            #expect(try await Self.queued(app, org) == [31, 31])
+            // A rolled-back change leaves the counter alone.
+            await #expect(throws: (any Error).self) {
+                try await app.withTransaction(organizationID: org) { c in
+                    _ = try await c.execute("UPDATE scans SET status = 'running' WHERE status = 'queued'")
+                    throw CancellationError()
+                }
+            }
+            try await app.withTransaction(organizationID: org) { c in
+                let doomed = ids[15..<17].map { $0.uuidString.lowercased() }
+                _ = try await c.execute("DELETE FROM scans WHERE id = ANY(\(doomed)::uuid[])")
+            }
+            #expect(try await Self.queued(app, org) == [29, 29])
+            // Admission reads the counter: 29 queued under a cap of 60 leaves room for 31.
+            let more = await withTaskGroup(of: Bool.self) { group in
+                for _ in 0..<40 {
+                    group.addTask { (try? await service.createScan(organizationID: org, request: request())) != nil }
+                }
+                return await group.reduce(into: 0) { $0 += $1 ? 1 : 0 }
+            }
+            #expect(more == 31)
+            #expect(try await Self.queued(app, org) == [60, 60])
+            // The services' role cannot write the counter itself.
+            let denied = await #expect(throws: PostgresError.self) {
+                try await app.withTransaction(organizationID: org) { c in
+                    _ = try await c.execute("UPDATE organization_queue_counts SET queued = 0")
+                }
+            }
+            #expect(denied?.sqlState == "42501")
+            // Deleting the organization cascades through its queued scans and their counter.
+            try await app.withTransaction(organizationID: org) { c in
+                _ = try await c.execute("DELETE FROM organizations WHERE id = \(org)")
+            }
+            #expect(try await Self.queued(app, org) == [0, 0])
+        }
+    }
 }

@@ -9,8 +9,10 @@ import Testing
 struct RowLevelSecurityTests {
     static let tenantTables: Set<String> = [
         "organizations", "projects", "scans", "scan_idempotency_keys", "scan_events", "findings", "outbox",
-        "processed_messages", "webhook_subscriptions", "webhook_deliveries",
+        "processed_messages", "webhook_subscriptions", "webhook_deliveries", "organization_queue_counts",
     ]
+    /// Tables the services' role may only read (their triggers write them).
+    static let readOnlyTables: Set<String> = ["organization_queue_counts"]
 
     /// Inserts one row in every tenant table for `org`, acting as that organization.
     private func seed(_ app: PostgresClient, org: UUID, slug: String) async throws {
@@ -116,11 +118,21 @@ struct RowLevelSecurityTests {
                     #expect(!seen.isEmpty, "A sees its own rows in \(table)")
                     #expect(seen.allSatisfy { $0 == orgA }, "A sees another organization's rows in \(table)")
 
-                    // Updates and deletes aimed at B touch nothing.
-                    let touched = try await app.withTransaction(organizationID: orgA) { c in
-                        try await c.execute("DELETE FROM \(identifier: table) WHERE \(unescaped: column) = \(orgB)")
+                    // Updates and deletes aimed at B touch nothing (or are refused outright).
+                    if Self.readOnlyTables.contains(table) {
+                        let refused = await #expect(throws: PostgresError.self) {
+                            try await app.withTransaction(organizationID: orgA) { c in
+                                try await c.execute(
+                                    "DELETE FROM \(identifier: table) WHERE \(unescaped: column) = \(orgB)")
+                            }
+                        }
+                        #expect(refused?.sqlState == "42501", "the services' role may not write \(table)")
+                    } else {
+                        let touched = try await app.withTransaction(organizationID: orgA) { c in
+                            try await c.execute("DELETE FROM \(identifier: table) WHERE \(unescaped: column) = \(orgB)")
+                        }
+                        #expect(touched == 0, "A deleted B's rows in \(table)")
                     }
-                    #expect(touched == 0, "A deleted B's rows in \(table)")
 
                     // With no organization set, nothing at all is visible.
                     let anonymous = try await app.withTransaction { c in
