@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // Domain: scan lifecycle, severities, message contracts. No dependencies.
@@ -65,6 +66,16 @@ let package = Package(
         .target(
             name: "CloudScanHTTP",
             dependencies: ["CCurl"]
+        ),
+
+        // Kubernetes over libcurl: config (in-cluster, kubeconfig), Jobs/pods/Secrets, watch, the Job spec.
+        .target(
+            name: "CloudScanKubernetes",
+            dependencies: [
+                "CloudScanCore",
+                "CloudScanHTTP",
+                .product(name: "Yams", package: "Yams"),
+            ]
         ),
 
         // The store: migrations, tenancy-scoped access to PostgreSQL.
@@ -197,6 +208,24 @@ let package = Package(
                 "CloudScanPostgres", "CloudScanStore", "CloudScanAMQP", .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/CloudScanTestSupport"
+        ),
+        // The Kubernetes API stand-in (tests only, never shipped).
+        .target(
+            name: "KubernetesStandIn",
+            dependencies: [
+                "CloudScanCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/KubernetesStandIn"
+        ),
+        .testTarget(
+            name: "CloudScanKubernetesTests",
+            dependencies: [
+                "CloudScanKubernetes", "CloudScanCore", "CloudScanHTTP", "KubernetesStandIn", "CloudScanTestSupport",
+            ]
         ),
         .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore", "CloudScanTestSupport"]),
         .testTarget(name: "CloudScanHTTPTests", dependencies: ["CloudScanHTTP", "CloudScanTestSupport"]),

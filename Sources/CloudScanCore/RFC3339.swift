@@ -4,11 +4,12 @@ import Foundation
 /// Linux builds an ICU formatter per instance, which cost CreateScan ~20 % of its CPU.
 ///
 /// `string(from:)` writes `YYYY-MM-DDTHH:MM:SS.fffZ` — milliseconds, what the API and the messages
-/// have always shown — or, with `fractionDigits: 6`, microseconds (what PostgreSQL keeps);
+/// have always shown — or, with `fractionDigits: 6`, microseconds (what PostgreSQL keeps), or with
+/// 0 whole seconds (what Kubernetes writes);
 /// `date(from:)` reads any RFC 3339 date-time (fraction optional, `Z` or a numeric offset).
 public enum RFC3339 {
     public static func string(from date: Date, fractionDigits: Int = 3) -> String {
-        precondition(fractionDigits == 3 || fractionDigits == 6, "3 or 6 fraction digits")
+        precondition([0, 3, 6].contains(fractionDigits), "0, 3 or 6 fraction digits")
         let totalMicros = (date.timeIntervalSince1970 * 1_000_000).rounded()
         guard totalMicros.isFinite, abs(totalMicros) < 253_402_300_800_000_000 else { return "9999-12-31T23:59:59Z" }
         var micros = Int64(totalMicros)
@@ -47,8 +48,8 @@ public enum RFC3339 {
         put(secondOfDay / 60 % 60, 2)
         out.append(58)
         put(secondOfDay % 60, 2)
-        out.append(46)
-        if fractionDigits == 3 { put(micros / 1000, 3) } else { put(micros, 6) }
+        if fractionDigits > 0 { out.append(46) }
+        if fractionDigits == 3 { put(micros / 1000, 3) } else if fractionDigits == 6 { put(micros, 6) }
         out.append(90)
         return String(decoding: out, as: UTF8.self)
     }
