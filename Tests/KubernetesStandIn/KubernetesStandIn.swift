@@ -16,9 +16,9 @@ public final class KubernetesStandIn: Sendable {
     public let port: Int
     private let task: Task<Void, any Error>
 
-    /// Tokens: `admin` is allowed everything; `noaccess` is a valid user with no RBAC.
+    /// Tokens (as recorded): `testtoken` is admin; `noaccesstoken` is user `cloudscan-noaccess`, with no RBAC.
     public static let adminToken = "testtoken"
-    public static let noAccessToken = "cloudscan-noaccess"
+    public static let noAccessToken = "noaccesstoken"
 
     /// Starts a server on a free loopback port.
     public static func start() async throws -> KubernetesStandIn {

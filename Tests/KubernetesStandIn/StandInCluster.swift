@@ -215,7 +215,7 @@ public actor StandInCluster {
         switch request.authorization {
         case nil: user = "system:anonymous"
         case "Bearer \(KubernetesStandIn.adminToken)"?: return nil
-        case "Bearer \(KubernetesStandIn.noAccessToken)"?: user = KubernetesStandIn.noAccessToken
+        case "Bearer \(KubernetesStandIn.noAccessToken)"?: user = "cloudscan-noaccess"
         default: return Self.status(401, reason: "Unauthorized", message: "Unauthorized", details: nil)
         }
         let qualified = group.isEmpty ? resource : "\(resource).\(group)"
@@ -278,24 +278,14 @@ public actor StandInCluster {
             return Self.invalid(
                 name, causes: [("FieldValueRequired", "Required value", "spec.template.spec.containers")])
         }
+        // A missing policy defaults to Always, which a Job refuses — as 1.20 words it, "Required".
         let restart = podSpec["restartPolicy"] as? String
-        if restart == nil {
-            return Self.invalid(
-                name,
-                causes: [
-                    (
-                        "FieldValueRequired", "Required value: valid values: \"OnFailure\", \"Never\"",
-                        "spec.template.spec.restartPolicy"
-                    )
-                ])
-        }
         if restart != "Never" && restart != "OnFailure" {
             return Self.invalid(
                 name,
                 causes: [
                     (
-                        "FieldValueNotSupported",
-                        "Unsupported value: \"\(restart!)\": supported values: \"OnFailure\", \"Never\"",
+                        "FieldValueRequired", "Required value: valid values: \"OnFailure\", \"Never\"",
                         "spec.template.spec.restartPolicy"
                     )
                 ])
