@@ -260,3 +260,21 @@ struct KubernetesClientTests {
         }
     }
 }
+
+@Suite("Kubernetes stand-in with the official Python client")
+struct StandInPythonClientTests {
+    @Test("kubernetes (PyPI) creates, lists by page, watches, deletes and reads logs against the stand-in")
+    func pythonClient() async throws {
+        let standIn = try await KubernetesStandIn.start()
+        defer { Task { await standIn.stop() } }
+        let python = TestDatabase.repositoryRoot.appendingPathComponent(".venv/bin/python").path
+        let script = TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/kube_client.py").path
+        let (status, output) = try await runCommandCapturingOutput([
+            python, script, standIn.server, KubernetesStandIn.adminToken, "cloudscan",
+        ])
+        print(output)
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("0 failed"))
+        #expect(!output.contains("FAIL"))
+    }
+}

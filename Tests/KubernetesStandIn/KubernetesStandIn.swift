@@ -98,7 +98,8 @@ struct StandInResponder: HTTPResponder {
                 return Self.response(await cluster.faultReply(code))
             }
         }
-        if incoming.query["watch"] == "1" || incoming.query["watch"] == "true" {
+        // Go's strconv.ParseBool, as the server reads it (the Python client sends "True").
+        if ["1", "t", "true"].contains(incoming.query["watch"]?.lowercased() ?? "") {
             return try await watch(incoming)
         }
         return Self.response(await cluster.handle(incoming))

@@ -172,7 +172,8 @@ public actor StandInCluster {
         case ("jobs", "GET", 0): return listJobs(namespace: namespace, query: request.query)
         case ("jobs", "GET", 1):
             return getObject(jobs, namespace: namespace, name: rest[0], group: "batch", kind: "jobs")
-        case ("jobs", "DELETE", 1): return deleteJob(namespace: namespace, name: rest[0], body: request.body)
+        case ("jobs", "DELETE", 1):
+            return deleteJob(namespace: namespace, name: rest[0], body: request.body, query: request.query)
         case ("pods", "GET", 0): return listPods(namespace: namespace, query: request.query)
         case ("pods", "GET", 1): return getObject(pods, namespace: namespace, name: rest[0], group: nil, kind: "pods")
         case ("pods", "GET", 2) where rest[1] == "log":
@@ -548,10 +549,12 @@ public actor StandInCluster {
         return state
     }
 
-    private func deleteJob(namespace: String, name: String, body: Data) -> StandInReply {
+    private func deleteJob(namespace: String, name: String, body: Data, query: [String: String]) -> StandInReply {
         let key = "\(namespace)/\(name)"
         guard var job = jobs[key] else { return Self.notFound("jobs", group: "batch", name) }
-        let options = body.isEmpty ? [:] : (Self.decode(body) ?? [:])
+        // DeleteOptions come as a body or as query parameters.
+        var options = body.isEmpty ? [:] : (Self.decode(body) ?? [:])
+        if let policy = query["propagationPolicy"] { options["propagationPolicy"] = policy }
         var metadata = Self.meta(job)
         let uid = metadata["uid"] as? String ?? ""
         if let preconditions = options["preconditions"] as? Object, let wanted = preconditions["uid"] as? String,
