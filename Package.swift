@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         // Domain: scan lifecycle, severities, message contracts. No dependencies.
@@ -78,6 +79,21 @@ let package = Package(
             ]
         ),
 
+        // The dispatcher: scan.create/retry → a runner (Kubernetes Job or local process), quota, cancel.
+        .target(
+            name: "CloudScanDispatcher",
+            dependencies: [
+                "CloudScanCore",
+                "CloudScanPostgres",
+                "CloudScanAMQP",
+                "CloudScanHTTP",
+                "CloudScanKubernetes",
+                "CloudScanAuth",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
         // The store: migrations, tenancy-scoped access to PostgreSQL.
         .target(
             name: "CloudScanStore",
@@ -106,6 +122,7 @@ let package = Package(
                 "CloudScanHTTP",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -17,6 +17,28 @@ public struct AMQPConsumerService: Service {
         case retry
         /// Bad input: dead-letter it now, with this reason in the `x-cloudscan-reason` header.
         case deadLetter(reason: String)
+        /// Not now: park a copy in the queue's retry tier of at least this many seconds (the
+        /// longest when none is that long), then ack. It comes back to the work queue when its TTL
+        /// expires, with `x-cloudscan-delays` counting how often it was parked. Unlike `.retry`
+        /// it never reaches the delivery limit: for waits that are not the message's fault.
+        case delay(seconds: Int, reason: String)
+    }
+
+    /// Where ``Outcome/delay(seconds:reason:)`` parks messages: the work queue's retry tiers.
+    public struct DelayTarget: Sendable {
+        public var publisher: AMQPPublisher
+        public var queue: String
+        public var delaysSeconds: [Int]
+        public init(publisher: AMQPPublisher, queue: String, delaysSeconds: [Int]) {
+            self.publisher = publisher
+            self.queue = queue
+            self.delaysSeconds = delaysSeconds.sorted()
+        }
+
+        /// The tier for a wanted delay: the shortest at least that long, else the longest.
+        public func tier(for seconds: Int) -> Int? {
+            delaysSeconds.first { $0 >= seconds } ?? delaysSeconds.last
+        }
     }
 
     /// Where ``Outcome/deadLetter(reason:)`` publishes the message, with the reason header.
@@ -40,11 +62,17 @@ public struct AMQPConsumerService: Service {
         /// Without a target, `.deadLetter` rejects without requeue (the queue's DLX takes it, with
         /// `x-death` but no reason header).
         public var deadLetter: DeadLetterTarget?
+        /// Without a target, `.delay` falls back to `.retry`.
+        public var delay: DelayTarget?
 
-        public init(concurrency: Int = 8, drainTimeout: Duration = .seconds(20), deadLetter: DeadLetterTarget? = nil) {
+        public init(
+            concurrency: Int = 8, drainTimeout: Duration = .seconds(20), deadLetter: DeadLetterTarget? = nil,
+            delay: DelayTarget? = nil
+        ) {
             self.concurrency = concurrency
             self.drainTimeout = drainTimeout
             self.deadLetter = deadLetter
+            self.delay = delay
         }
     }
 
@@ -120,6 +148,22 @@ public struct AMQPConsumerService: Service {
                 try await consumer.ack(delivery)
             case .retry:
                 try await consumer.nack(delivery, requeue: true)
+            case .delay(let seconds, let reason):
+                guard let target = configuration.delay, let tier = target.tier(for: seconds) else {
+                    try await consumer.nack(delivery, requeue: true)
+                    break
+                }
+                var copy = delivery.message
+                copy.headers["x-cloudscan-delays"] = String((Int(copy.headers["x-cloudscan-delays"] ?? "") ?? 0) + 1)
+                copy.headers["x-cloudscan-delay-reason"] = reason
+                copy.headers["x-cloudscan-original-routing-key"] =
+                    copy.headers["x-cloudscan-original-routing-key"] ?? delivery.routingKey
+                try await target.publisher.publish(
+                    copy, exchange: "", routingKey: AMQPTopology.retryQueueName(target.queue, delaySeconds: tier))
+                try await consumer.ack(delivery)
+                logger.debug(
+                    "message parked",
+                    metadata: ["message_id": "\(delivery.message.messageID ?? "-")", "seconds": "\(tier)", "reason": "\(reason)"])
             case .deadLetter(let reason):
                 if let target = configuration.deadLetter {
                     var copy = delivery.message

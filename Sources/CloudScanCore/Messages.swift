@@ -87,6 +87,51 @@ public struct ScanCancelMessage: Codable, Sendable, Hashable {
     }
 }
 
+/// `scan.retry.v1`: run another attempt (published by the sweeper).
+public struct ScanRetryMessage: Codable, Sendable, Hashable {
+    public var scanID: UUID
+    public var organizationID: UUID
+    public var attempt: Int
+    public var reason: String
+    public var requestedAt: Date
+
+    public init(scanID: UUID, organizationID: UUID, attempt: Int, reason: String, requestedAt: Date) {
+        self.scanID = scanID
+        self.organizationID = organizationID
+        self.attempt = attempt
+        self.reason = reason
+        self.requestedAt = requestedAt
+    }
+}
+
+/// `scan.event.v1`: a scan changed state (exchange `cloudscan.events`, routing key `scan.<status>`).
+public struct ScanEventMessage: Codable, Sendable, Hashable {
+    public var eventID: String
+    public var scanID: UUID
+    public var organizationID: UUID
+    public var projectID: UUID
+    public var status: ScanStatus
+    public var at: Date
+    public var attempt: Int?
+    public var reason: String?
+    public var counts: [String: Int]?
+
+    public init(
+        eventID: String, scanID: UUID, organizationID: UUID, projectID: UUID, status: ScanStatus, at: Date,
+        attempt: Int? = nil, reason: String? = nil, counts: [String: Int]? = nil
+    ) {
+        self.eventID = eventID
+        self.scanID = scanID
+        self.organizationID = organizationID
+        self.projectID = projectID
+        self.status = status
+        self.at = at
+        self.attempt = attempt
+        self.reason = reason
+        self.counts = counts
+    }
+}
+
 /// One finding inside a `findings.batch.v1`.
 public struct FindingRecord: Codable, Sendable, Hashable {
     public var scanner: String

@@ -1,0 +1,456 @@
+import CloudScanAMQP
+import CloudScanAuth
+import CloudScanCore
+import CloudScanKubernetes
+import CloudScanPostgres
+import Foundation
+import Logging
+
+/// `cloudscan dispatcher`: consumes scan.create / scan.retry (`cloudscan.dispatch`) and
+/// scan.cancel (`cloudscan.cancel`).
+///
+/// A dispatch is one transaction under the organization's dispatch lock: read the scan (or create
+/// it, for a gateway that published scan.create straight to the exchange), check the
+/// organization's concurrency quota, resolve the artifact, start the runner (Job create — a
+/// repeated create of the attempt's deterministic name is success), move the scan to dispatched
+/// with its scan_events row and the scan.dispatched event in the outbox, commit — and only then
+/// ack. A crash anywhere before the commit redelivers the message and the same steps find the Job
+/// already there. Over quota the scan stays queued and the message waits in a delay tier; other
+/// organizations' messages keep flowing. Kubernetes or storage outages are retried a few times in
+/// place, then the message waits in a delay tier: never dropped, never dead-lettered.
+public struct Dispatcher: Sendable {
+    public struct Configuration: Sendable {
+        /// How long an over-quota scan waits before it is tried again.
+        public var quotaDelaySeconds: Int
+        /// Tries of the backend within one delivery, and the first pause between them (doubling).
+        public var backendTries: Int
+        public var backendBackoff: Duration
+        /// Delays (seconds) for a delivery that still failed: the n-th parking uses the n-th.
+        public var outageDelaysSeconds: [Int]
+
+        public init(
+            quotaDelaySeconds: Int = 5, backendTries: Int = 3, backendBackoff: Duration = .milliseconds(200),
+            outageDelaysSeconds: [Int] = [5, 30, 300]
+        ) {
+            self.quotaDelaySeconds = quotaDelaySeconds
+            self.backendTries = backendTries
+            self.backendBackoff = backendBackoff
+            self.outageDelaysSeconds = outageDelaysSeconds
+        }
+    }
+
+    let client: PostgresClient
+    let backend: any JobBackend
+    let artifacts: ArtifactResolver
+    let tokens: RunnerTokenMinter
+    let configuration: Configuration
+    let logger: Logger
+
+    public init(
+        client: PostgresClient, backend: any JobBackend, artifacts: ArtifactResolver, tokens: RunnerTokenMinter,
+        configuration: Configuration = .init(), logger: Logger
+    ) {
+        self.client = client
+        self.backend = backend
+        self.artifacts = artifacts
+        self.tokens = tokens
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    typealias Outcome = AMQPConsumerService.Outcome
+
+    // MARK: scan.create / scan.retry
+
+    /// The handler for `cloudscan.dispatch`.
+    public func handleDispatch(_ delivery: AMQPDelivery) async throws -> AMQPConsumerService.Outcome {
+        let type = delivery.message.type ?? (delivery.routingKey == "scan.retry" ? MessageType.scanRetry.rawValue : "")
+        let command: Command
+        switch type {
+        case MessageType.scanCreate.rawValue:
+            guard let message = try? MessageCoding.decoder().decode(ScanCreateMessage.self, from: Data(delivery.message.body))
+            else { return .deadLetter(reason: "invalid scan.create.v1: \(Self.decodeError(ScanCreateMessage.self, delivery))") }
+            command = .create(message)
+        case MessageType.scanRetry.rawValue:
+            guard let message = try? MessageCoding.decoder().decode(ScanRetryMessage.self, from: Data(delivery.message.body))
+            else { return .deadLetter(reason: "invalid scan.retry.v1: \(Self.decodeError(ScanRetryMessage.self, delivery))") }
+            guard message.attempt >= 1 else { return .deadLetter(reason: "invalid scan.retry.v1: attempt must be ≥ 1") }
+            command = .retry(message)
+        default:
+            return .deadLetter(reason: "unexpected message type \(type.isEmpty ? "(none)" : type) on cloudscan.dispatch")
+        }
+        if let header = delivery.message.headers[MessageHeaders.organizationID],
+            header.lowercased() != command.organizationID.uuidString.lowercased()
+        {
+            return .deadLetter(reason: "x-organization-id does not match the message's organization_id")
+        }
+        var pause = configuration.backendBackoff
+        for tryNumber in 1...max(1, configuration.backendTries) {
+            do {
+                switch try await dispatch(command, messageID: delivery.message.messageID) {
+                case .done: return .ack
+                case .invalid(let reason): return .deadLetter(reason: reason)
+                case .overQuota:
+                    return .delay(seconds: configuration.quotaDelaySeconds, reason: "organization at its concurrency quota")
+                }
+            } catch let error as JobBackendError where !error.permanent {
+                logger.warning(
+                    "dispatch failed; trying again",
+                    metadata: ["scan_id": "\(command.scanID)", "try": "\(tryNumber)", "error": "\(error)"])
+                if tryNumber < configuration.backendTries {
+                    try await Task.sleep(for: pause)
+                    pause *= 2
+                    continue
+                }
+                return parkAfterOutage(delivery, reason: error.reason)
+            } catch let error as PostgresError {
+                logger.warning("dispatch failed on PostgreSQL", metadata: ["scan_id": "\(command.scanID)", "error": "\(error)"])
+                return parkAfterOutage(delivery, reason: "postgres_unavailable")
+            }
+        }
+        return parkAfterOutage(delivery, reason: "unavailable")
+    }
+
+    private func parkAfterOutage(_ delivery: AMQPDelivery, reason: String) -> Outcome {
+        let parked = Int(delivery.message.headers["x-cloudscan-delays"] ?? "") ?? 0
+        let delays = configuration.outageDelaysSeconds
+        let seconds = delays.isEmpty ? 5 : delays[min(parked, delays.count - 1)]
+        return .delay(seconds: seconds, reason: reason)
+    }
+
+    enum Command {
+        case create(ScanCreateMessage)
+        case retry(ScanRetryMessage)
+
+        var scanID: UUID {
+            switch self {
+            case .create(let m): m.scanID
+            case .retry(let m): m.scanID
+            }
+        }
+        var organizationID: UUID {
+            switch self {
+            case .create(let m): m.organizationID
+            case .retry(let m): m.organizationID
+            }
+        }
+    }
+
+    enum Decision {
+        case done
+        case overQuota
+        case invalid(String)
+    }
+
+    struct ScanRow {
+        var createdAt: Date
+        var projectID: UUID
+        var status: ScanStatus
+        var attempt: Int
+        var scanTypes: [ScanType]
+        var artifactRef: String
+        var artifactSHA256: String?
+        var timeoutSeconds: Int
+    }
+
+    static let scanColumns =
+        "created_at, project_id, status, attempt, scan_types, artifact_ref, artifact_sha256, timeout_seconds"
+
+    static func scanRow(_ row: PostgresRow) throws -> ScanRow {
+        ScanRow(
+            createdAt: try row.decode(Date.self, at: 0), projectID: try row.decode(UUID.self, at: 1),
+            status: ScanStatus(rawValue: try row.decode(String.self, at: 2)) ?? .failed,
+            attempt: try row.decode(Int.self, at: 3),
+            scanTypes: try row.decode([String].self, at: 4).compactMap(ScanType.init(rawValue:)),
+            artifactRef: try row.decode(String.self, at: 5), artifactSHA256: try row.decode(String?.self, at: 6),
+            timeoutSeconds: try row.decode(Int.self, at: 7))
+    }
+
+    static func lockDispatch(_ c: PostgresConnection, organizationID: UUID) async throws {
+        try await c.query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('cloudscan.dispatch:' || \(organizationID)::text, 0))")
+    }
+
+    func dispatch(_ command: Command, messageID: String?) async throws -> Decision {
+        let organizationID = command.organizationID
+        let scanID = command.scanID
+        return try await client.withTransaction(organizationID: organizationID) { c in
+            try await Self.lockDispatch(c, organizationID: organizationID)
+            var rows = try await c.query(
+                "SELECT \(unescaped: Self.scanColumns) FROM scans WHERE id = \(scanID) FOR UPDATE")
+            if rows.isEmpty {
+                guard case .create(let message) = command else {
+                    return .invalid("scan.retry.v1 for a scan that does not exist")
+                }
+                if let refusal = try await Self.createFromMessage(c, message, messageID: messageID) {
+                    return .invalid(refusal)
+                }
+                rows = try await c.query(
+                    "SELECT \(unescaped: Self.scanColumns) FROM scans WHERE id = \(scanID) FOR UPDATE")
+            }
+            guard let first = rows.first else { return .invalid("scan vanished") }
+            let scan = try Self.scanRow(first)
+
+            // What this message asks for, against where the scan is.
+            let attempt: Int
+            let from: ScanStatus
+            switch command {
+            case .create:
+                guard scan.status == .queued, scan.attempt == 0 else { return .done }  // dispatched before, or over
+                attempt = 1
+                from = .queued
+            case .retry(let message):
+                guard scan.status == .retrying, message.attempt == scan.attempt + 1 else { return .done }
+                attempt = message.attempt
+                from = .retrying
+            }
+
+            // The organization's concurrency quota (scans holding a runner).
+            let quota = try await c.query(
+                """
+                SELECT o.concurrency_quota,
+                       (SELECT count(*) FROM scans WHERE status IN ('dispatched', 'running'))
+                FROM organizations o
+                """
+            ).first
+            if let quota, try quota.decode(Int.self, at: 1) >= (try quota.decode(Int.self, at: 0)) {
+                return .overQuota
+            }
+
+            do {
+                let artifact = try await artifacts.resolve(scan.artifactRef, organizationID: organizationID)
+                let assignment = RunnerAssignment(
+                    scanID: scanID, organizationID: organizationID, attempt: attempt, scanTypes: scan.scanTypes,
+                    artifactURL: artifact.url, artifactSHA256: scan.artifactSHA256 ?? artifact.sha256,
+                    timeoutSeconds: scan.timeoutSeconds,
+                    runnerToken: tokens.token(scanID: scanID, organizationID: organizationID, attempt: attempt))
+                try await backend.start(assignment)
+                try await Self.transition(
+                    c, scanID: scanID, organizationID: organizationID, scan: scan, from: from, to: .dispatched,
+                    attempt: attempt, reason: attempt == 1 ? "dispatched" : "retry dispatched", messageID: messageID,
+                    jobName: assignment.jobName)
+            } catch let error as JobBackendError where error.permanent {
+                try await Self.transition(
+                    c, scanID: scanID, organizationID: organizationID, scan: scan, from: from, to: .failed,
+                    attempt: attempt, reason: error.reason, messageID: messageID, jobName: nil, message: error.message)
+                logger.warning(
+                    "scan failed at dispatch", metadata: ["scan_id": "\(scanID)", "reason": "\(error.reason)"])
+            }
+            return .done
+        }
+    }
+
+    /// A scan.create published straight to the exchange: validated as the API validates, then
+    /// inserted (queued) — or, if its cancel came first, inserted canceled. Returns why it was
+    /// refused, if it was.
+    static func createFromMessage(_ c: PostgresConnection, _ message: ScanCreateMessage, messageID: String?)
+        async throws -> String?
+    {
+        let request = CreateScanRequest(
+            project: message.project, scanTypes: message.scanTypes.map(\.rawValue), artifactURL: message.artifact.url,
+            artifactSHA256: message.artifact.sha256, timeoutSeconds: message.timeoutSeconds,
+            labels: message.labels ?? [:])
+        let scanTypes: [ScanType]
+        do { scanTypes = try request.validated() } catch {
+            return "invalid scan.create.v1: \(error.field.map { "\($0): " } ?? "")\(error.message)"
+        }
+        let lookup = try await c.query(
+            """
+            SELECT o.disabled_at IS NOT NULL, o.enabled_scan_types, p.id, p.timeout_seconds
+            FROM organizations o
+            LEFT JOIN projects p ON p.archived_at IS NULL
+                AND (p.id = \(message.project.id) OR (\(message.project.id)::uuid IS NULL
+                                                      AND p.external_key = \(message.project.externalKey)))
+            """)
+        guard let org = lookup.first else { return "unknown organization" }
+        if try org.decode(Bool.self, at: 0) { return "the organization is disabled" }
+        let enabled = Set(try org.decode([String].self, at: 1))
+        if let refused = scanTypes.first(where: { !enabled.contains($0.rawValue) }) {
+            return "scan type '\(refused.rawValue)' is not enabled for this organization"
+        }
+        guard let projectID = try org.decode(UUID?.self, at: 2) else { return "no such project in this organization" }
+        let timeout = try message.timeoutSeconds ?? org.decode(Int.self, at: 3)
+        let canceled = try await c.query(
+            "SELECT reason FROM scan_cancel_requests WHERE scan_id = \(message.scanID)"
+        ).first
+        let status: ScanStatus = canceled == nil ? .queued : .canceled
+        let labels = try PostgresJSONB(encoding: message.labels ?? [:])
+        let inserted = try await c.query(
+            """
+            INSERT INTO scans (id, created_at, organization_id, project_id, status, scan_types, artifact_ref,
+                               artifact_sha256, timeout_seconds, labels, finished_at)
+            VALUES (\(message.scanID), now(), \(message.organizationID), \(projectID), \(status.rawValue),
+                    \(scanTypes.map(\.rawValue)), \(message.artifact.url), \(message.artifact.sha256), \(Int32(timeout)),
+                    \(labels), \(status == .canceled ? Date() : nil))
+            RETURNING created_at
+            """)
+        let createdAt = try inserted.single().decode(Date.self, at: 0)
+        try await c.execute(
+            """
+            INSERT INTO scan_events (organization_id, scan_id, scan_created_at, from_status, to_status, actor, reason, message_id)
+            VALUES (\(message.organizationID), \(message.scanID), \(createdAt), NULL, 'queued', 'dispatcher',
+                    'created from a published scan.create', \(messageID))
+            """)
+        if status == .canceled {
+            try await c.execute(
+                """
+                INSERT INTO scan_events (organization_id, scan_id, scan_created_at, from_status, to_status, actor, reason, message_id)
+                VALUES (\(message.organizationID), \(message.scanID), \(createdAt), 'queued', 'canceled', 'dispatcher',
+                        'canceled before it was created', \(messageID))
+                """)
+        }
+        return nil
+    }
+
+    /// A conditional move (`WHERE status = from`), its scan_events row and its scan.<status> event
+    /// in the outbox, in the caller's transaction.
+    static func transition(
+        _ c: PostgresConnection, scanID: UUID, organizationID: UUID, scan: ScanRow, from: ScanStatus, to: ScanStatus,
+        attempt: Int, reason: String, messageID: String?, jobName: String?, message: String? = nil
+    ) async throws {
+        let moved = try await c.execute(
+            """
+            UPDATE scans
+            SET status = \(to.rawValue), attempt = \(Int32(attempt)), version = version + 1, updated_at = now(),
+                job_name = coalesce(\(jobName), job_name),
+                dispatched_at = CASE WHEN \(to.rawValue) = 'dispatched' THEN now() ELSE dispatched_at END,
+                finished_at = CASE WHEN \(to.isFinal) THEN now() ELSE finished_at END,
+                failure_reason = CASE WHEN \(to.rawValue) = 'failed' THEN \(reason) ELSE failure_reason END,
+                failure_message = CASE WHEN \(to.rawValue) = 'failed' THEN \(message) ELSE failure_message END
+            WHERE id = \(scanID) AND created_at = \(scan.createdAt) AND status = \(from.rawValue)
+            """)
+        guard moved == 1 else { return }
+        try await c.execute(
+            """
+            INSERT INTO scan_events (organization_id, scan_id, scan_created_at, from_status, to_status, actor, reason,
+                                     message_id, details)
+            VALUES (\(organizationID), \(scanID), \(scan.createdAt), \(from.rawValue), \(to.rawValue), 'dispatcher',
+                    \(reason), \(messageID), \(try PostgresJSONB(encoding: ["attempt": attempt])))
+            """)
+        try await enqueueEvent(
+            c, scanID: scanID, organizationID: organizationID, projectID: scan.projectID, status: to, attempt: attempt,
+            reason: reason)
+    }
+
+    static func enqueueEvent(
+        _ c: PostgresConnection, scanID: UUID, organizationID: UUID, projectID: UUID, status: ScanStatus, attempt: Int,
+        reason: String?
+    ) async throws {
+        let eventID = UUID()
+        let event = ScanEventMessage(
+            eventID: eventID.uuidString.lowercased(), scanID: scanID, organizationID: organizationID,
+            projectID: projectID, status: status, at: Date(), attempt: attempt, reason: reason.map { String($0.prefix(256)) })
+        let payload = PostgresJSONB(text: String(decoding: try MessageCoding.encoder().encode(event), as: UTF8.self))
+        let headers = try PostgresJSONB(encoding: [MessageHeaders.organizationID: organizationID.uuidString.lowercased()])
+        try await c.execute(
+            """
+            INSERT INTO outbox (organization_id, message_id, exchange, routing_key, message_type, correlation_id,
+                                headers, payload)
+            VALUES (\(organizationID), \(eventID), \(Exchanges.events), \("scan.\(status.rawValue)"),
+                    \(MessageType.scanEvent.rawValue), \(scanID.uuidString.lowercased()), \(headers), \(payload))
+            """)
+    }
+
+    // MARK: scan.cancel
+
+    /// The handler for `cloudscan.cancel`: stops the runner (Background delete of the Job), moves
+    /// the scan to canceled; a cancel for a scan not created yet is remembered, so the create
+    /// that follows is born canceled.
+    public func handleCancel(_ delivery: AMQPDelivery) async throws -> AMQPConsumerService.Outcome {
+        guard let message = try? MessageCoding.decoder().decode(ScanCancelMessage.self, from: Data(delivery.message.body))
+        else {
+            return .deadLetter(reason: "invalid scan.cancel.v1: \(Self.decodeError(ScanCancelMessage.self, delivery))")
+        }
+        if let header = delivery.message.headers[MessageHeaders.organizationID],
+            header.lowercased() != message.organizationID.uuidString.lowercased()
+        {
+            return .deadLetter(reason: "x-organization-id does not match the message's organization_id")
+        }
+        var pause = configuration.backendBackoff
+        for tryNumber in 1...max(1, configuration.backendTries) {
+            do {
+                try await cancel(message, messageID: delivery.message.messageID)
+                return .ack
+            } catch let error as JobBackendError {
+                logger.warning(
+                    "cancel failed; trying again",
+                    metadata: ["scan_id": "\(message.scanID)", "try": "\(tryNumber)", "error": "\(error)"])
+                if tryNumber < configuration.backendTries {
+                    try await Task.sleep(for: pause)
+                    pause *= 2
+                    continue
+                }
+                return parkAfterOutage(delivery, reason: error.reason)
+            } catch let error as PostgresError {
+                logger.warning("cancel failed on PostgreSQL", metadata: ["scan_id": "\(message.scanID)", "error": "\(error)"])
+                return parkAfterOutage(delivery, reason: "postgres_unavailable")
+            }
+        }
+        return parkAfterOutage(delivery, reason: "unavailable")
+    }
+
+    func cancel(_ message: ScanCancelMessage, messageID: String?) async throws {
+        let organizationID = message.organizationID
+        try await client.withTransaction(organizationID: organizationID) { c in
+            try await Self.lockDispatch(c, organizationID: organizationID)
+            guard
+                let row = try await c.query(
+                    "SELECT \(unescaped: Self.scanColumns) FROM scans WHERE id = \(message.scanID) FOR UPDATE"
+                ).first
+            else {
+                try await c.execute(
+                    """
+                    INSERT INTO scan_cancel_requests (organization_id, scan_id, requested_by, reason)
+                    VALUES (\(organizationID), \(message.scanID), \(message.requestedBy), \(message.reason))
+                    ON CONFLICT DO NOTHING
+                    """)
+                return
+            }
+            let scan = try Self.scanRow(row)
+            if scan.attempt > 0 {
+                do {
+                    try await backend.stop(scanID: message.scanID, attempt: scan.attempt)
+                } catch let error as JobBackendError where error.permanent {
+                    logger.warning("could not stop the runner", metadata: ["scan_id": "\(message.scanID)", "error": "\(error)"])
+                }
+            }
+            if !scan.status.isFinal {
+                try await Self.transition(
+                    c, scanID: message.scanID, organizationID: organizationID, scan: scan, from: scan.status, to: .canceled,
+                    attempt: scan.attempt, reason: message.reason ?? "canceled", messageID: messageID, jobName: nil)
+            }
+        }
+    }
+
+    static func decodeError<T: Decodable>(_ type: T.Type, _ delivery: AMQPDelivery) -> String {
+        do {
+            _ = try MessageCoding.decoder().decode(T.self, from: Data(delivery.message.body))
+            return "unknown"
+        } catch let DecodingError.keyNotFound(key, _) {
+            return "missing \(MessageCodingKeyName.snake(key.stringValue))"
+        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
+            return "wrong type at \(context.codingPath.map { MessageCodingKeyName.snake($0.stringValue) }.joined(separator: "."))"
+        } catch let DecodingError.dataCorrupted(context) {
+            let path = context.codingPath.map { MessageCodingKeyName.snake($0.stringValue) }.joined(separator: ".")
+            return path.isEmpty ? "not JSON" : "bad value at \(path)"
+        } catch {
+            return "unreadable"
+        }
+    }
+}
+
+/// Field names as the wire spells them, for error reasons.
+enum MessageCodingKeyName {
+    static func snake(_ key: String) -> String {
+        var out = ""
+        for character in key {
+            if character.isUppercase {
+                if !out.isEmpty && !out.hasSuffix("_") { out.append("_") }
+                out.append(Character(character.lowercased()))
+            } else {
+                out.append(character)
+            }
+        }
+        return out.replacingOccurrences(of: "i_d", with: "id")
+    }
+}
