@@ -244,6 +244,15 @@ let package = Package(
                 "CloudScanKubernetes", "CloudScanCore", "CloudScanHTTP", "KubernetesStandIn", "CloudScanTestSupport",
             ]
         ),
+        .testTarget(
+            name: "CloudScanDispatcherTests",
+            dependencies: [
+                "CloudScanDispatcher", "CloudScanKubernetes", "KubernetesStandIn", "CloudScanService", "CloudScanCore",
+                "CloudScanAMQP", "CloudScanPostgres", "CloudScanAuth", "CloudScanTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore", "CloudScanTestSupport"]),
         .testTarget(name: "CloudScanHTTPTests", dependencies: ["CloudScanHTTP", "CloudScanTestSupport"]),
         .testTarget(

@@ -163,7 +163,10 @@ public struct AMQPConsumerService: Service {
                 try await consumer.ack(delivery)
                 logger.debug(
                     "message parked",
-                    metadata: ["message_id": "\(delivery.message.messageID ?? "-")", "seconds": "\(tier)", "reason": "\(reason)"])
+                    metadata: [
+                        "message_id": "\(delivery.message.messageID ?? "-")", "seconds": "\(tier)",
+                        "reason": "\(reason)",
+                    ])
             case .deadLetter(let reason):
                 if let target = configuration.deadLetter {
                     var copy = delivery.message

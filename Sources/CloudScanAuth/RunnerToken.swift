@@ -21,7 +21,8 @@ public struct RunnerTokenMinter: Sendable {
     public func token(scanID: UUID, organizationID: UUID, attempt: Int) -> String {
         let message = "v1:\(scanID.uuidString.lowercased()):\(organizationID.uuidString.lowercased()):\(attempt)"
         let mac = HMAC<SHA256>.authenticationCode(for: Data(message.utf8), using: key)
-        return "v1." + Data(mac).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+        return "v1."
+            + Data(mac).base64EncodedString().replacingOccurrences(of: "+", with: "-")
             .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
     }
 

@@ -31,7 +31,8 @@ public struct ArtifactResolver: Sendable {
             return Resolved(url: reference, sha256: nil)
         }
         guard reference.hasPrefix("s3://") else {
-            throw JobBackendError(permanent: true, reason: "artifact_unsupported", message: "unsupported artifact reference")
+            throw JobBackendError(
+                permanent: true, reason: "artifact_unsupported", message: "unsupported artifact reference")
         }
         guard let storageURL else {
             throw JobBackendError(
@@ -44,7 +45,8 @@ public struct ArtifactResolver: Sendable {
         do {
             response = try await http.perform(
                 HTTPRequest(
-                    url: "\(storageURL)/v1/artifacts?ref=\(reference.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")",
+                    url:
+                        "\(storageURL)/v1/artifacts?ref=\(reference.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")",
                     headers: headers, timeout: .seconds(10), maximumResponseBytes: 64 << 10))
         } catch {
             throw JobBackendError(permanent: false, reason: "storage_unavailable", message: "\(error)")
@@ -58,11 +60,13 @@ public struct ArtifactResolver: Sendable {
             guard let reply = try? JSONDecoder().decode(Reply.self, from: Data(response.body)),
                 reply.url.hasPrefix("https://") || reply.url.hasPrefix("http://")
             else {
-                throw JobBackendError(permanent: false, reason: "storage_unavailable", message: "unreadable GetArtifact reply")
+                throw JobBackendError(
+                    permanent: false, reason: "storage_unavailable", message: "unreadable GetArtifact reply")
             }
             return Resolved(url: reply.url, sha256: reply.sha256)
         case 404:
-            throw JobBackendError(permanent: true, reason: "artifact_not_found", message: "the storage service has no \(reference)")
+            throw JobBackendError(
+                permanent: true, reason: "artifact_not_found", message: "the storage service has no \(reference)")
         case 403:
             throw JobBackendError(
                 permanent: true, reason: "artifact_forbidden", message: "the artifact is not this organization's")

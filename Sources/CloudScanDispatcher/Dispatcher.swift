@@ -68,16 +68,27 @@ public struct Dispatcher: Sendable {
         let command: Command
         switch type {
         case MessageType.scanCreate.rawValue:
-            guard let message = try? MessageCoding.decoder().decode(ScanCreateMessage.self, from: Data(delivery.message.body))
-            else { return .deadLetter(reason: "invalid scan.create.v1: \(Self.decodeError(ScanCreateMessage.self, delivery))") }
+            guard
+                let message = try? MessageCoding.decoder().decode(
+                    ScanCreateMessage.self, from: Data(delivery.message.body))
+            else {
+                return .deadLetter(
+                    reason: "invalid scan.create.v1: \(Self.decodeError(ScanCreateMessage.self, delivery))")
+            }
             command = .create(message)
         case MessageType.scanRetry.rawValue:
-            guard let message = try? MessageCoding.decoder().decode(ScanRetryMessage.self, from: Data(delivery.message.body))
-            else { return .deadLetter(reason: "invalid scan.retry.v1: \(Self.decodeError(ScanRetryMessage.self, delivery))") }
+            guard
+                let message = try? MessageCoding.decoder().decode(
+                    ScanRetryMessage.self, from: Data(delivery.message.body))
+            else {
+                return .deadLetter(
+                    reason: "invalid scan.retry.v1: \(Self.decodeError(ScanRetryMessage.self, delivery))")
+            }
             guard message.attempt >= 1 else { return .deadLetter(reason: "invalid scan.retry.v1: attempt must be ≥ 1") }
             command = .retry(message)
         default:
-            return .deadLetter(reason: "unexpected message type \(type.isEmpty ? "(none)" : type) on cloudscan.dispatch")
+            return .deadLetter(
+                reason: "unexpected message type \(type.isEmpty ? "(none)" : type) on cloudscan.dispatch")
         }
         if let header = delivery.message.headers[MessageHeaders.organizationID],
             header.lowercased() != command.organizationID.uuidString.lowercased()
@@ -91,7 +102,8 @@ public struct Dispatcher: Sendable {
                 case .done: return .ack
                 case .invalid(let reason): return .deadLetter(reason: reason)
                 case .overQuota:
-                    return .delay(seconds: configuration.quotaDelaySeconds, reason: "organization at its concurrency quota")
+                    return .delay(
+                        seconds: configuration.quotaDelaySeconds, reason: "organization at its concurrency quota")
                 }
             } catch let error as JobBackendError where !error.permanent {
                 logger.warning(
@@ -104,7 +116,8 @@ public struct Dispatcher: Sendable {
                 }
                 return parkAfterOutage(delivery, reason: error.reason)
             } catch let error as PostgresError {
-                logger.warning("dispatch failed on PostgreSQL", metadata: ["scan_id": "\(command.scanID)", "error": "\(error)"])
+                logger.warning(
+                    "dispatch failed on PostgreSQL", metadata: ["scan_id": "\(command.scanID)", "error": "\(error)"])
                 return parkAfterOutage(delivery, reason: "postgres_unavailable")
             }
         }
@@ -339,9 +352,12 @@ public struct Dispatcher: Sendable {
         let eventID = UUID()
         let event = ScanEventMessage(
             eventID: eventID.uuidString.lowercased(), scanID: scanID, organizationID: organizationID,
-            projectID: projectID, status: status, at: Date(), attempt: attempt, reason: reason.map { String($0.prefix(256)) })
+            projectID: projectID, status: status, at: Date(), attempt: attempt,
+            reason: reason.map { String($0.prefix(256)) })
         let payload = PostgresJSONB(text: String(decoding: try MessageCoding.encoder().encode(event), as: UTF8.self))
-        let headers = try PostgresJSONB(encoding: [MessageHeaders.organizationID: organizationID.uuidString.lowercased()])
+        let headers = try PostgresJSONB(encoding: [
+            MessageHeaders.organizationID: organizationID.uuidString.lowercased()
+        ])
         try await c.execute(
             """
             INSERT INTO outbox (organization_id, message_id, exchange, routing_key, message_type, correlation_id,
@@ -357,7 +373,8 @@ public struct Dispatcher: Sendable {
     /// the scan to canceled; a cancel for a scan not created yet is remembered, so the create
     /// that follows is born canceled.
     public func handleCancel(_ delivery: AMQPDelivery) async throws -> AMQPConsumerService.Outcome {
-        guard let message = try? MessageCoding.decoder().decode(ScanCancelMessage.self, from: Data(delivery.message.body))
+        guard
+            let message = try? MessageCoding.decoder().decode(ScanCancelMessage.self, from: Data(delivery.message.body))
         else {
             return .deadLetter(reason: "invalid scan.cancel.v1: \(Self.decodeError(ScanCancelMessage.self, delivery))")
         }
@@ -382,7 +399,8 @@ public struct Dispatcher: Sendable {
                 }
                 return parkAfterOutage(delivery, reason: error.reason)
             } catch let error as PostgresError {
-                logger.warning("cancel failed on PostgreSQL", metadata: ["scan_id": "\(message.scanID)", "error": "\(error)"])
+                logger.warning(
+                    "cancel failed on PostgreSQL", metadata: ["scan_id": "\(message.scanID)", "error": "\(error)"])
                 return parkAfterOutage(delivery, reason: "postgres_unavailable")
             }
         }
@@ -411,12 +429,14 @@ public struct Dispatcher: Sendable {
                 do {
                     try await backend.stop(scanID: message.scanID, attempt: scan.attempt)
                 } catch let error as JobBackendError where error.permanent {
-                    logger.warning("could not stop the runner", metadata: ["scan_id": "\(message.scanID)", "error": "\(error)"])
+                    logger.warning(
+                        "could not stop the runner", metadata: ["scan_id": "\(message.scanID)", "error": "\(error)"])
                 }
             }
             if !scan.status.isFinal {
                 try await Self.transition(
-                    c, scanID: message.scanID, organizationID: organizationID, scan: scan, from: scan.status, to: .canceled,
+                    c, scanID: message.scanID, organizationID: organizationID, scan: scan, from: scan.status,
+                    to: .canceled,
                     attempt: scan.attempt, reason: message.reason ?? "canceled", messageID: messageID, jobName: nil)
             }
         }
@@ -429,7 +449,8 @@ public struct Dispatcher: Sendable {
         } catch let DecodingError.keyNotFound(key, _) {
             return "missing \(MessageCodingKeyName.snake(key.stringValue))"
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
-            return "wrong type at \(context.codingPath.map { MessageCodingKeyName.snake($0.stringValue) }.joined(separator: "."))"
+            return
+                "wrong type at \(context.codingPath.map { MessageCodingKeyName.snake($0.stringValue) }.joined(separator: "."))"
         } catch let DecodingError.dataCorrupted(context) {
             let path = context.codingPath.map { MessageCodingKeyName.snake($0.stringValue) }.joined(separator: ".")
             return path.isEmpty ? "not JSON" : "bad value at \(path)"

@@ -21,7 +21,9 @@ public struct JobBackendError: Error, CustomStringConvertible, Sendable {
         self.reason = reason
         self.message = message
     }
-    public var description: String { "JobBackendError(\(permanent ? "permanent" : "transient"), \(reason): \(message))" }
+    public var description: String {
+        "JobBackendError(\(permanent ? "permanent" : "transient"), \(reason): \(message))"
+    }
 }
 
 /// Runners as Kubernetes Jobs: the attempt's Secret (runner token, artifact URL), then the Job,

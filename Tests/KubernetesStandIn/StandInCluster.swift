@@ -18,6 +18,8 @@ public actor StandInCluster {
     private var logs: [String: String] = [:]
     /// Every Job POST that reached the server (even one answered 409), with when it arrived.
     public private(set) var jobCreates: [(name: String, at: ContinuousClock.Instant, date: Date)] = []
+    /// The bodies of every Job POST, as sent.
+    public private(set) var postedJobs: [Data] = []
     /// Requests that reached the server (counted on arrival, before any injected delay).
     public private(set) var arrivals = 0
     /// Requests seen, as "METHOD path".
@@ -40,6 +42,9 @@ public actor StandInCluster {
     public func inject(_ fault: StandInFault, times: Int = 1, method: String? = nil, pathContains: String? = nil) {
         for _ in 0..<times { faults.append((method, pathContains, fault)) }
     }
+
+    /// Injected faults not used yet.
+    public var pendingFaults: Int { faults.count }
 
     /// Forgets history up to now: older resourceVersions and continue tokens expire (410).
     public func compact() { compactedBelow = resourceVersion + 1 }
@@ -238,6 +243,7 @@ public actor StandInCluster {
 
     private func createJob(namespace: String, body: Data) -> StandInReply {
         jobCreates.append(("", ContinuousClock.now, Date()))
+        postedJobs.append(body)
         guard var job = Self.decode(body) else {
             return Self.status(
                 400, reason: "BadRequest", message: "the body of the request was in an unknown format", details: nil)

@@ -1,0 +1,213 @@
+import CloudScanAMQP
+import CloudScanCore
+import CloudScanKubernetes
+import CloudScanPostgres
+import CloudScanTestSupport
+import Foundation
+import KubernetesStandIn
+import Testing
+
+@Suite("Dispatcher (live PostgreSQL and RabbitMQ, Kubernetes stand-in)")
+struct DispatcherTests {
+    @Test(
+        "scan.create → the Job (labels, spec, Secret), the scan dispatched with its event and scan.dispatched in the outbox"
+    )
+    func createDispatches() async throws {
+        try await DispatcherHarness.run { h in
+            let scan = try await h.createScan()
+            let name = "cloudscan-\(scan.id.uuidString.lowercased().replacingOccurrences(of: "-", with: ""))-1"
+            try await h.eventually("dispatched") { try await h.status(scan.id) == (.dispatched, 1) }
+            #expect(await h.jobNames() == [name])
+            #expect(await h.standIn.cluster.secretNames(namespace: DispatcherHarness.namespace) == [name])
+            let posted = try #require(await h.standIn.cluster.postedJobs.first)
+            let job = try JSONDecoder().decode(Job.self, from: posted)
+            #expect(job.metadata.labels?["cloudscan.io/scan-id"] == scan.id.uuidString.lowercased())
+            #expect(job.metadata.labels?["cloudscan.io/organization-id"] == h.organization.uuidString.lowercased())
+            #expect(job.spec?.backoffLimit == 0)
+            #expect(job.spec?.activeDeadlineSeconds == scan.timeoutSeconds + 60)
+            let env = job.spec?.template.spec?.containers?.first?.env ?? []
+            #expect(env.first { $0.name == "CLOUDSCAN_RUNNER_TOKEN" }?.valueFrom?.secretKeyRef?.name == name)
+            #expect(try await h.events(scan.id) == ["queued", "dispatched"])
+            let outbox = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query(
+                    "SELECT routing_key, payload->>'status', payload->>'attempt' FROM outbox WHERE exchange = 'cloudscan.events'"
+                ).map {
+                    [
+                        try $0.decode(String.self, at: 0), try $0.decode(String.self, at: 1),
+                        try $0.decode(String.self, at: 2),
+                    ]
+                }
+            }
+            #expect(outbox == [["scan.dispatched", "dispatched", "1"]])
+        }
+    }
+
+    @Test("the same scan.create delivered twice → one Job, one row, one dispatched event")
+    func duplicateDelivery() async throws {
+        try await DispatcherHarness.run { h in
+            let scan = try await h.createScan(publishTimes: 2)
+            try await h.eventually("dispatched") { try await h.status(scan.id) == (.dispatched, 1) }
+            try await Task.sleep(for: .milliseconds(500))  // let the second delivery be handled too
+            #expect(await h.jobNames().count == 1)
+            #expect(try await h.events(scan.id) == ["queued", "dispatched"])
+            let creates = await h.standIn.cluster.jobCreates.count
+            #expect(creates <= 2, "at most one repeated POST (answered 409)")
+        }
+    }
+
+    @Test(
+        "a gateway's own scan.create (no API) is validated, creates the row and is dispatched; bad ones are dead-lettered with a reason"
+    )
+    func directPublish() async throws {
+        try await DispatcherHarness.run { h in
+            let scanID = UUID()
+            let message = ScanCreateMessage(
+                scanID: scanID, organizationID: h.organization, project: .init(externalKey: "proj-123"),
+                scanTypes: [.sast, .secrets], artifact: .init(url: "https://storage.local/direct.tar.gz"),
+                requestedAt: Date(), labels: ["source": "gateway"])
+            try await h.publish(message, type: .scanCreate, routingKey: "scan.create", organization: h.organization)
+            try await h.eventually("dispatched") {
+                (try? await h.status(scanID)).map { $0 == (.dispatched, 1) } ?? false
+            }
+            #expect(try await h.events(scanID) == ["queued", "dispatched"])
+
+            // Unknown project, unknown scan type (not JSON-decodable), wrong organization header, not JSON.
+            var unknownProject = message
+            unknownProject.scanID = UUID()
+            unknownProject.project = .init(externalKey: "no-such-project")
+            try await h.publish(
+                unknownProject, type: .scanCreate, routingKey: "scan.create", organization: h.organization,
+                messageID: "bad-project")
+            let badType =
+                #"{"scan_id":"\#(UUID())","organization_id":"\#(h.organization)","project":{"external_key":"proj-123"},"scan_types":["dast"],"artifact":{"url":"https://x/a.tgz"},"requested_at":"2026-11-28T00:00:00.000Z"}"#
+            try await h.publishRaw(
+                Data(badType.lowercased().utf8), type: "scan.create.v1", routingKey: "scan.create",
+                organization: h.organization, messageID: "bad-type")
+            var otherOrg = message
+            otherOrg.scanID = UUID()
+            try await h.publish(
+                otherOrg, type: .scanCreate, routingKey: "scan.create", organization: h.other, messageID: "bad-org")
+            try await h.publishRaw(
+                Data("not json".utf8), type: "scan.create.v1", routingKey: "scan.create", organization: h.organization,
+                messageID: "bad-json")
+            let dead = try await h.deadLettered(from: h.dispatchQueue, count: 4)
+            let reasons = Dictionary(uniqueKeysWithValues: dead.map { ($0.id ?? "-", $0.reason ?? "") })
+            #expect(reasons["bad-project"]?.contains("no such project") == true, "\(reasons)")
+            #expect(reasons["bad-type"]?.contains("scan_types") == true, "\(reasons)")
+            #expect(reasons["bad-org"]?.contains("x-organization-id") == true, "\(reasons)")
+            #expect(reasons["bad-json"]?.contains("not JSON") == true, "\(reasons)")
+            #expect(await h.jobNames().count == 1, "only the good scan got a Job")
+        }
+    }
+
+    @Test("quota: 100 scans of one organization over its quota of 3 wait queued; another organization's flow at once")
+    func quota() async throws {
+        try await DispatcherHarness.run(quota: 3) { h in
+            var busy: [UUID] = []
+            for _ in 0..<100 { busy.append(try await h.createScan().id) }
+            var others: [UUID] = []
+            for _ in 0..<5 { others.append(try await h.createScan(organization: h.other, key: "proj-other").id) }
+            try await h.eventually("the other organization's 5 are dispatched", seconds: 10) {
+                var all = true
+                for id in others where try await h.status(id, organization: h.other).0 != .dispatched { all = false }
+                return all
+            }
+            func dispatchedCount() async throws -> Int {
+                try await h.app.withTransaction(organizationID: h.organization) { c in
+                    try await c.query("SELECT count(*) FROM scans WHERE status = 'dispatched'").single().decode(
+                        Int.self, at: 0)
+                }
+            }
+            try await h.eventually("3 of the busy organization's are dispatched") { try await dispatchedCount() == 3 }
+            try await Task.sleep(for: .seconds(3))  // several delay rounds: still no more than the quota
+            #expect(try await dispatchedCount() == 3)
+            #expect(await h.jobNames().count == 3 + 5)
+            // Two finish (as the status writer would record): two more get a runner.
+            try await h.app.withTransaction(organizationID: h.organization) { c in
+                _ = try await c.execute(
+                    """
+                    UPDATE scans SET status = 'completed', finished_at = now()
+                    WHERE id IN (SELECT id FROM scans WHERE status = 'dispatched' LIMIT 2)
+                    """)
+            }
+            try await h.eventually("two more dispatched after two finished") { try await dispatchedCount() == 3 }
+            #expect(await h.jobNames().count == 5 + 5)
+            let queued = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query("SELECT count(*) FROM scans WHERE status = 'queued'").single().decode(Int.self, at: 0)
+            }
+            #expect(queued == 95, "the rest wait, none lost")
+        }
+    }
+
+    @Test(
+        "cancel: before dispatch no Job is made; after dispatch the Job and its Secret are deleted; a cancel before a direct create wins"
+    )
+    func cancel() async throws {
+        try await DispatcherHarness.run { h in
+            // Canceled through the service before the dispatcher saw it.
+            let early = try await h.service.createScan(
+                organizationID: h.organization,
+                request: CreateScanRequest(
+                    project: .init(externalKey: "proj-123"), scanTypes: ["sast"], artifactURL: "https://s/a.tgz"))
+            _ = try await h.service.cancelScan(organizationID: h.organization, id: early.scan.id, requestedBy: "test")
+            try await h.publish(
+                ScanCreateMessage(
+                    scanID: early.scan.id, organizationID: h.organization, project: .init(id: early.scan.projectID),
+                    scanTypes: [.sast], artifact: .init(url: "https://s/a.tgz"), requestedAt: early.scan.createdAt),
+                type: .scanCreate, routingKey: "scan.create", organization: h.organization)
+            // Dispatched, then canceled.
+            let late = try await h.createScan()
+            try await h.eventually("dispatched") { try await h.status(late.id) == (.dispatched, 1) }
+            #expect(await h.jobNames().count == 1)
+            _ = try await h.service.cancelScan(organizationID: h.organization, id: late.id, requestedBy: "test")
+            try await h.publish(
+                ScanCancelMessage(
+                    scanID: late.id, organizationID: h.organization, requestedAt: Date(), requestedBy: "test"),
+                type: .scanCancel, routingKey: "scan.cancel", organization: h.organization)
+            try await h.eventually("the Job and its Secret are deleted") {
+                let secrets = await h.standIn.cluster.secretNames(namespace: DispatcherHarness.namespace)
+                return await h.jobNames().isEmpty && secrets.isEmpty
+            }
+            #expect(try await h.status(early.scan.id).0 == .canceled)
+            #expect(try await h.status(late.id).0 == .canceled)
+            // A gateway's cancel that arrives before its create.
+            let direct = UUID()
+            try await h.publish(
+                ScanCancelMessage(
+                    scanID: direct, organizationID: h.organization, requestedAt: Date(), requestedBy: "gw"),
+                type: .scanCancel, routingKey: "scan.cancel", organization: h.organization)
+            try await h.eventually("the cancel request is recorded") {
+                try await h.app.withTransaction(organizationID: h.organization) { c in
+                    try await c.query("SELECT 1 FROM scan_cancel_requests WHERE scan_id = \(direct)").count == 1
+                }
+            }
+            try await h.publish(
+                ScanCreateMessage(
+                    scanID: direct, organizationID: h.organization, project: .init(externalKey: "proj-123"),
+                    scanTypes: [.sast], artifact: .init(url: "https://s/d.tgz"), requestedAt: Date()),
+                type: .scanCreate, routingKey: "scan.create", organization: h.organization)
+            try await h.eventually("born canceled") { (try? await h.status(direct))?.0 == .canceled }
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(await h.jobNames().isEmpty, "no Job for any canceled scan")
+            #expect(try await h.events(direct) == ["queued", "canceled"])
+        }
+    }
+
+    @Test(
+        "API server 500s, time-outs and 401s: retried with backoff (in place, then via a delay tier); one Job, nothing lost"
+    )
+    func apiServerFaults() async throws {
+        try await DispatcherHarness.run(kubeTimeout: .seconds(1)) { h in
+            await h.standIn.cluster.inject(.status(500), times: 4, method: "POST", pathContains: "/jobs")
+            await h.standIn.cluster.inject(.delay(.seconds(2)), times: 2, method: "POST", pathContains: "/jobs")
+            await h.standIn.cluster.inject(.status(401), times: 2, method: "POST", pathContains: "/jobs")
+            let scan = try await h.createScan()
+            try await h.eventually("dispatched despite the faults", seconds: 30) {
+                try await h.status(scan.id) == (.dispatched, 1)
+            }
+            #expect(await h.jobNames().count == 1)
+            #expect(try await h.events(scan.id) == ["queued", "dispatched"])
+            #expect(await h.standIn.cluster.pendingFaults == 0, "every injected fault was met")
+        }
+    }
+}
