@@ -199,6 +199,8 @@ let package = Package(
                 "CloudScanAuth",
                 "CloudScanGRPC",
                 "CloudScanMetrics",
+                "CloudScanDispatcher",
+                "CloudScanKubernetes",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

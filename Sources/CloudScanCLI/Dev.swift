@@ -37,7 +37,8 @@ struct Dev: AsyncParsableCommand {
             metadata: ["product": "\(server["product"] ?? "?")", "version": "\(server["version"] ?? "?")"])
         let topologyFile = try locateRepositoryFile(
             "topology/topology.json", flag: topology ?? ProcessInfo.processInfo.environment["TOPOLOGY_FILE"])
-        let report = try await AMQPTopology.load(from: topologyFile).apply(broker: broker)
+        let loadedTopology = try AMQPTopology.load(from: topologyFile)
+        let report = try await loadedTopology.apply(broker: broker)
         for problem in report.problems { logger.error("topology drift", metadata: ["problem": "\(problem.message)"]) }
         guard report.isClean else { throw ExitCode(3) }
         logger.info("topology declared", metadata: ["objects": "\(report.declared.count)"])
@@ -49,12 +50,18 @@ struct Dev: AsyncParsableCommand {
             database: configuration, broker: broker, host: nil, port: port, grpcPort: nil,
             insecureDevelopmentAuth: true,
             relay: true, logger: logger)
+        let dispatcher = try DispatcherParts(
+            database: configuration, broker: broker, backend: .local, topology: loadedTopology, concurrency: 4,
+            logger: logger)
         let group = ServiceGroup(
-            configuration: .init(services: api.services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(
+                services: api.services + dispatcher.services, gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
         logger.notice(
-            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999, relay running (more roles arrive with their issues)"
+            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999, relay and dispatcher (local runners) running"
         )
         try await group.run()
+        await dispatcher.close()
         await api.close()
     }
 }

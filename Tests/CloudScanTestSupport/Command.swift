@@ -32,12 +32,13 @@ func waitForExit(_ pid: pid_t) -> Int32 {
     return exited ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
 
-/// Runs a command to completion on a GCD thread (never the cooperative pool) and returns its exit
-/// status. Foundation's `Process.waitUntilExit` can miss the exit of a command that daemonizes a
-/// child (pg_ctlcluster), so it is not used here.
+/// Runs a command to completion on a thread of its own (never the cooperative pool, nor GCD's
+/// global queue, which runs about one blocked thread per core) and returns its exit status.
+/// Foundation's `Process.waitUntilExit` can miss the exit of a command that daemonizes a child
+/// (pg_ctlcluster), so it is not used here.
 public func runCommand(_ arguments: [String]) async throws -> Int32 {
     try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async {
+        onOwnThread {
             continuation.resume(with: Result { waitForExit(try spawn(arguments)) })
         }
     }
@@ -46,7 +47,7 @@ public func runCommand(_ arguments: [String]) async throws -> Int32 {
 /// Runs a command and returns its exit status and standard output (standard error is discarded).
 public func runCommandCapturingOutput(_ arguments: [String]) async throws -> (status: Int32, output: String) {
     try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async {
+        onOwnThread {
             continuation.resume(
                 with: Result {
                     var pipe: [Int32] = [0, 0]
@@ -73,6 +74,47 @@ public func runCommandCapturingOutput(_ arguments: [String]) async throws -> (st
                     close(pipe[0])
                     return (waitForExit(pid), String(decoding: output, as: UTF8.self))
                 })
+        }
+    }
+}
+
+/// Runs blocking work on a new thread.
+func onOwnThread(_ work: @escaping @Sendable () -> Void) {
+    let thread = Thread { work() }
+    thread.start()
+}
+
+/// A long-running command (a fleet role) started in the background with extra environment;
+/// standard output and error go to `logFile`.
+public final class BackgroundCommand: Sendable {
+    public let pid: pid_t
+
+    public init(_ arguments: [String], environment: [String: String], logFile: String) throws {
+        let fd = open(logFile, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        guard fd >= 0 else { throw POSIXError(.EACCES) }
+        defer { close(fd) }
+        let assignments = environment.map { "\($0.key)=\($0.value)" }
+        var pid = pid_t()
+        let argv: [UnsafeMutablePointer<CChar>?] =
+            (["/usr/bin/env"] + assignments + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, fd, 1)
+        posix_spawn_file_actions_adddup2(&actions, fd, 2)
+        let spawned = posix_spawn(&pid, "/usr/bin/env", &actions, nil, argv, environ)
+        guard spawned == 0 else { throw POSIXError(POSIXErrorCode(rawValue: spawned) ?? .EINVAL) }
+        self.pid = pid
+    }
+
+    /// Sends a signal and waits for the exit (on a thread of its own); the exit status.
+    public func stop(_ signal: Int32 = SIGTERM) async -> Int32 {
+        kill(pid, signal)
+        let pid = self.pid
+        return await withCheckedContinuation { continuation in
+            onOwnThread { continuation.resume(returning: waitForExit(pid)) }
         }
     }
 }

@@ -1,0 +1,116 @@
+import CloudScanAMQP
+import CloudScanCore
+import CloudScanPostgres
+import CloudScanService
+import CloudScanTestSupport
+import Foundation
+import KubernetesStandIn
+import Testing
+
+/// The `cloudscan dispatcher` binary, killed with SIGKILL between the Job create and the ack.
+@Suite("cloudscan dispatcher (the process)")
+struct DispatcherProcessTests {
+    static let binary = TestDatabase.repositoryRoot.appendingPathComponent(".build/debug/cloudscan").path
+
+    @Test("SIGKILLed after the Job create, before the commit and ack: redelivered, still one Job, dispatched once")
+    func killedBetweenJobCreateAndAck() async throws {
+        let vhost = "test-disp-\(UUID().uuidString.prefix(8).lowercased())"
+        #expect(try await TestBroker.rabbitmqctl(["add_vhost", vhost]) == 0)
+        #expect(
+            try await TestBroker.rabbitmqctl(["set_permissions", "-p", vhost, TestBroker.user, ".*", ".*", ".*"]) == 0)
+        defer { Task { _ = try? await TestBroker.rabbitmqctl(["delete_vhost", vhost]) } }
+        let broker = TestBroker.configuration(virtualHost: vhost)
+        let topology = try AMQPTopology.load(
+            from: TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json"))
+        #expect(try await topology.apply(broker: broker).isClean)
+
+        let standIn = try await KubernetesStandIn.start()
+        defer { Task { await standIn.stop() } }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("disp-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let kubeconfig = directory.appendingPathComponent("kubeconfig")
+        try """
+        current-context: test
+        clusters: [{name: s, cluster: {server: "\(standIn.server)"}}]
+        users: [{name: u, user: {token: \(KubernetesStandIn.adminToken)}}]
+        contexts: [{name: test, context: {cluster: s, user: u, namespace: cloudscan}}]
+        """.write(to: kubeconfig, atomically: true, encoding: .utf8)
+        let log = directory.appendingPathComponent("dispatcher.log").path
+
+        try await TestDatabase.withSchema("dispkill", migrated: true) { db in
+            try await TestDatabase.withClient(db.appConfiguration()) { app in
+                let (org, _) = try await TestDatabase.seedOrganization(app)
+                let environment = [
+                    "DATABASE_URL":
+                        "postgresql://\(TestDatabase.appUser):\(TestDatabase.appPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+                    "DB_SCHEMA": db.schema,
+                    "AMQP_URL":
+                        "amqp://\(TestBroker.user):\(TestBroker.password)@\(TestBroker.host):\(TestBroker.port)/\(vhost)",
+                    "KUBECONFIG": kubeconfig.path,
+                    "RUNNER_TOKEN_SECRET": "a-test-runner-token-secret-of-32-bytes-or-more",
+                    "TOPOLOGY_FILE": TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json").path,
+                    "LOG_LEVEL": "info",
+                ]
+                // The owner reference PATCH comes right after the Job create: hold it, so the
+                // dispatcher is caught between the create and its commit.
+                await standIn.cluster.inject(.delay(.seconds(120)), method: "PATCH", pathContains: "/secrets/")
+                let first = try BackgroundCommand(
+                    [Self.binary, "dispatcher", "--backend", "kubernetes"], environment: environment, logFile: log)
+
+                let service = ScanService(client: app, logger: TestDatabase.logger("svc"))
+                let created = try await service.createScan(
+                    organizationID: org,
+                    request: CreateScanRequest(
+                        project: .init(externalKey: "proj-123"), scanTypes: ["sast"], artifactURL: "https://s/a.tgz"))
+                let publisher = AMQPPublisher(configuration: .init(broker: broker), logger: TestDatabase.logger("pub"))
+                let message = ScanCreateMessage(
+                    scanID: created.scan.id, organizationID: org, project: .init(id: created.scan.projectID),
+                    scanTypes: [.sast], artifact: .init(url: "https://s/a.tgz"), requestedAt: created.scan.createdAt)
+                try await publisher.publish(
+                    AMQPMessage(
+                        body: Array(try MessageCoding.encoder().encode(message)), contentType: "application/json",
+                        type: MessageType.scanCreate.rawValue, messageID: UUID().uuidString,
+                        headers: [MessageHeaders.organizationID: org.uuidString.lowercased()]),
+                    exchange: Exchanges.commands, routingKey: "scan.create")
+                await publisher.close()
+
+                func status() async throws -> String {
+                    try await app.withTransaction(organizationID: org) { c in
+                        try await c.query("SELECT status FROM scans WHERE id = \(created.scan.id)").single().decode(
+                            String.self, at: 0)
+                    }
+                }
+                let deadline = ContinuousClock.now + .seconds(60)
+                while await standIn.cluster.jobNames(namespace: "cloudscan").isEmpty, ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                #expect(await standIn.cluster.jobNames(namespace: "cloudscan").count == 1, "the Job was created")
+                #expect(await first.stop(SIGKILL) == 128 + SIGKILL)
+                #expect(try await status() == "queued", "nothing was committed")
+
+                let second = try BackgroundCommand(
+                    [Self.binary, "dispatcher", "--backend", "kubernetes"], environment: environment, logFile: log)
+                let again = ContinuousClock.now + .seconds(60)
+                while try await status() != "dispatched", ContinuousClock.now < again {
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                #expect(try await status() == "dispatched")
+                #expect(await standIn.cluster.jobNames(namespace: "cloudscan").count == 1, "still one Job")
+                #expect(await standIn.cluster.jobCreates.count == 2, "the redelivery's create was answered 409")
+                let events = try await app.withTransaction(organizationID: org) { c in
+                    try await c.query(
+                        "SELECT to_status FROM scan_events WHERE scan_id = \(created.scan.id) ORDER BY id"
+                    ).map {
+                        try $0.decode(String.self, at: 0)
+                    }
+                }
+                #expect(events == ["queued", "dispatched"])
+                #expect(await second.stop(SIGTERM) == 0, "SIGTERM drains and exits cleanly")
+                if (try? String(contentsOfFile: log, encoding: .utf8)).map({ $0.contains("error") }) == true {
+                    print(try String(contentsOfFile: log, encoding: .utf8))
+                }
+            }
+        }
+    }
+}
