@@ -215,6 +215,14 @@ let package = Package(
             dependencies: [
                 "CloudScanPostgres",
                 "CloudScanAMQP",
+                "CloudScanAuth",
+                "CloudScanCore",
+                "CloudScanDispatcher",
+                "CloudScanKubernetes",
+                "CloudScanService",
+                "CloudScanWorkers",
+                "KubernetesStandIn",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -9,15 +9,18 @@ import Logging
 /// `cloudscan dispatcher`: consumes scan.create / scan.retry (`cloudscan.dispatch`) and
 /// scan.cancel (`cloudscan.cancel`).
 ///
-/// A dispatch is one transaction under the organization's dispatch lock: read the scan (or create
-/// it, for a gateway that published scan.create straight to the exchange), check the
-/// organization's concurrency quota, resolve the artifact, start the runner (Job create — a
-/// repeated create of the attempt's deterministic name is success), move the scan to dispatched
-/// with its scan_events row and the scan.dispatched event in the outbox, commit — and only then
-/// ack. A crash anywhere before the commit redelivers the message and the same steps find the Job
-/// already there. Over quota the scan stays queued and the message waits in a delay tier; other
+/// A dispatch is two steps. First a short transaction under the organization's dispatch lock:
+/// read the scan (or create it, for a gateway that published scan.create straight to the
+/// exchange), check the organization's concurrency quota, and move the scan to dispatched with its
+/// scan_events row and the scan.dispatched event in the outbox — committed, so the next dispatch
+/// of the organization counts it and no lock is held across the Kubernetes calls. Then, outside
+/// it: resolve the artifact and start the runner (Job create — a repeated create of the attempt's
+/// deterministic name is success) — and only then ack. A crash anywhere before the ack
+/// redelivers the message; the scan is found dispatched for this attempt and the runner is
+/// ensured again. Over quota the scan stays queued and the message waits in a delay tier; other
 /// organizations' messages keep flowing. Kubernetes or storage outages are retried a few times in
-/// place, then the message waits in a delay tier: never dropped, never dead-lettered.
+/// place, then the message waits in a delay tier: never dropped, never dead-lettered. A spec the
+/// API server refuses (422) or a missing artifact fails the scan.
 public struct Dispatcher: Sendable {
     public struct Configuration: Sendable {
         /// How long an over-quota scan waits before it is tried again.
@@ -184,73 +187,107 @@ public struct Dispatcher: Sendable {
             "SELECT pg_advisory_xact_lock(hashtextextended('cloudscan.dispatch:' || \(organizationID)::text, 0))")
     }
 
+    /// What the short transaction decided: nothing to do, wait, refuse, or start this attempt's
+    /// runner (the scan is dispatched already).
+    enum Claim {
+        case decided(Decision)
+        case start(scan: ScanRow, attempt: Int)
+    }
+
     func dispatch(_ command: Command, messageID: String?) async throws -> Decision {
         let organizationID = command.organizationID
         let scanID = command.scanID
-        return try await client.withTransaction(organizationID: organizationID) { c in
+        // 1. Under the organization's dispatch lock, briefly: the quota check and the move to
+        //    dispatched (with its event), committed — so the next dispatch of the organization
+        //    counts this one, and no lock is held across the Kubernetes calls.
+        let claim: Claim = try await client.withTransaction(organizationID: organizationID) { c in
             try await Self.lockDispatch(c, organizationID: organizationID)
             var rows = try await c.query(
                 "SELECT \(unescaped: Self.scanColumns) FROM scans WHERE id = \(scanID) FOR UPDATE")
             if rows.isEmpty {
                 guard case .create(let message) = command else {
-                    return .invalid("scan.retry.v1 for a scan that does not exist")
+                    return .decided(.invalid("scan.retry.v1 for a scan that does not exist"))
                 }
                 if let refusal = try await Self.createFromMessage(c, message, messageID: messageID) {
-                    return .invalid(refusal)
+                    return .decided(.invalid(refusal))
                 }
                 rows = try await c.query(
                     "SELECT \(unescaped: Self.scanColumns) FROM scans WHERE id = \(scanID) FOR UPDATE")
             }
-            guard let first = rows.first else { return .invalid("scan vanished") }
+            guard let first = rows.first else { return .decided(.invalid("scan vanished")) }
             let scan = try Self.scanRow(first)
-
-            // What this message asks for, against where the scan is.
             let attempt: Int
             let from: ScanStatus
             switch command {
             case .create:
-                guard scan.status == .queued, scan.attempt == 0 else { return .done }  // dispatched before, or over
+                // Dispatched by an earlier delivery that did not get to its ack: make sure of the runner.
+                if scan.status == .dispatched && scan.attempt == 1 { return .start(scan: scan, attempt: 1) }
+                guard scan.status == .queued, scan.attempt == 0 else { return .decided(.done) }
                 attempt = 1
                 from = .queued
             case .retry(let message):
-                guard scan.status == .retrying, message.attempt == scan.attempt + 1 else { return .done }
+                if scan.status == .dispatched && scan.attempt == message.attempt {
+                    return .start(scan: scan, attempt: message.attempt)
+                }
+                guard scan.status == .retrying, message.attempt == scan.attempt + 1 else { return .decided(.done) }
                 attempt = message.attempt
                 from = .retrying
             }
-
-            // The organization's concurrency quota (scans holding a runner).
+            // The concurrency quota: scans holding a runner, an O(1) counter kept by triggers and
+            // exact as of the last commit (the lock orders this check after every earlier dispatch).
             let quota = try await c.query(
                 """
                 SELECT o.concurrency_quota,
-                       (SELECT count(*) FROM scans WHERE status IN ('dispatched', 'running'))
+                       (SELECT coalesce(sum(q.active), 0) FROM organization_queue_counts q WHERE q.organization_id = o.id)
                 FROM organizations o
                 """
             ).first
             if let quota, try quota.decode(Int.self, at: 1) >= (try quota.decode(Int.self, at: 0)) {
-                return .overQuota
+                return .decided(.overQuota)
             }
-
-            do {
-                let artifact = try await artifacts.resolve(scan.artifactRef, organizationID: organizationID)
-                let assignment = RunnerAssignment(
+            let jobName = RunnerAssignment(
+                scanID: scanID, organizationID: organizationID, attempt: attempt, scanTypes: scan.scanTypes,
+                artifactURL: "", timeoutSeconds: scan.timeoutSeconds, runnerToken: ""
+            ).jobName
+            try await Self.transition(
+                c, scanID: scanID, organizationID: organizationID, scan: scan, from: from, to: .dispatched,
+                attempt: attempt, reason: attempt == 1 ? "dispatched" : "retry dispatched", messageID: messageID,
+                jobName: jobName)
+            var dispatched = scan
+            dispatched.status = .dispatched
+            dispatched.attempt = attempt
+            return .start(scan: dispatched, attempt: attempt)
+        }
+        guard case .start(let scan, let attempt) = claim else {
+            if case .decided(let decision) = claim { return decision }
+            return .done
+        }
+        // 2. The runner: artifact URL, then the backend (idempotent: a redelivery finds it there).
+        do {
+            let artifact = try await artifacts.resolve(scan.artifactRef, organizationID: organizationID)
+            try await backend.start(
+                RunnerAssignment(
                     scanID: scanID, organizationID: organizationID, attempt: attempt, scanTypes: scan.scanTypes,
                     artifactURL: artifact.url, artifactSHA256: scan.artifactSHA256 ?? artifact.sha256,
                     timeoutSeconds: scan.timeoutSeconds,
-                    runnerToken: tokens.token(scanID: scanID, organizationID: organizationID, attempt: attempt))
-                try await backend.start(assignment)
+                    runnerToken: tokens.token(scanID: scanID, organizationID: organizationID, attempt: attempt)))
+        } catch let error as JobBackendError where error.permanent {
+            try await client.withTransaction(organizationID: organizationID) { c in
                 try await Self.transition(
-                    c, scanID: scanID, organizationID: organizationID, scan: scan, from: from, to: .dispatched,
-                    attempt: attempt, reason: attempt == 1 ? "dispatched" : "retry dispatched", messageID: messageID,
-                    jobName: assignment.jobName)
-            } catch let error as JobBackendError where error.permanent {
-                try await Self.transition(
-                    c, scanID: scanID, organizationID: organizationID, scan: scan, from: from, to: .failed,
+                    c, scanID: scanID, organizationID: organizationID, scan: scan, from: .dispatched, to: .failed,
                     attempt: attempt, reason: error.reason, messageID: messageID, jobName: nil, message: error.message)
-                logger.warning(
-                    "scan failed at dispatch", metadata: ["scan_id": "\(scanID)", "reason": "\(error.reason)"])
             }
+            logger.warning("scan failed at dispatch", metadata: ["scan_id": "\(scanID)", "reason": "\(error.reason)"])
             return .done
         }
+        // 3. A cancel committed meanwhile may have stopped the runner before it existed: stop it now.
+        let now = try await client.withTransaction(organizationID: organizationID) { c in
+            try await c.query("SELECT status FROM scans WHERE id = \(scanID)").first?.decode(String.self, at: 0)
+        }
+        if let now, ScanStatus(rawValue: now)?.isFinal == true {
+            try await backend.stop(scanID: scanID, attempt: attempt)
+        }
+        return .done
     }
 
     /// A scan.create published straight to the exchange: validated as the API validates, then
@@ -409,7 +446,9 @@ public struct Dispatcher: Sendable {
 
     func cancel(_ message: ScanCancelMessage, messageID: String?) async throws {
         let organizationID = message.organizationID
-        try await client.withTransaction(organizationID: organizationID) { c in
+        // Commit the canceled state first, then stop the runner: a dispatch racing this one checks
+        // the state after its Job create and stops what it made.
+        let attempt: Int? = try await client.withTransaction(organizationID: organizationID) { c in
             try await Self.lockDispatch(c, organizationID: organizationID)
             guard
                 let row = try await c.query(
@@ -422,22 +461,23 @@ public struct Dispatcher: Sendable {
                     VALUES (\(organizationID), \(message.scanID), \(message.requestedBy), \(message.reason))
                     ON CONFLICT DO NOTHING
                     """)
-                return
+                return nil
             }
             let scan = try Self.scanRow(row)
-            if scan.attempt > 0 {
-                do {
-                    try await backend.stop(scanID: message.scanID, attempt: scan.attempt)
-                } catch let error as JobBackendError where error.permanent {
-                    logger.warning(
-                        "could not stop the runner", metadata: ["scan_id": "\(message.scanID)", "error": "\(error)"])
-                }
-            }
             if !scan.status.isFinal {
                 try await Self.transition(
                     c, scanID: message.scanID, organizationID: organizationID, scan: scan, from: scan.status,
                     to: .canceled,
                     attempt: scan.attempt, reason: message.reason ?? "canceled", messageID: messageID, jobName: nil)
+            }
+            return scan.attempt > 0 ? scan.attempt : nil
+        }
+        if let attempt {
+            do {
+                try await backend.stop(scanID: message.scanID, attempt: attempt)
+            } catch let error as JobBackendError where error.permanent {
+                logger.warning(
+                    "could not stop the runner", metadata: ["scan_id": "\(message.scanID)", "error": "\(error)"])
             }
         }
     }

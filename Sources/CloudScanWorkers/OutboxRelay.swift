@@ -1,4 +1,5 @@
 import CloudScanAMQP
+import CloudScanCore
 import CloudScanPostgres
 import Foundation
 import Logging
@@ -112,7 +113,11 @@ public struct OutboxRelay: Service {
                 for row in claimed {
                     group.addTask {
                         do {
-                            try await publisher.publish(row.message, exchange: row.exchange, routingKey: row.routingKey)
+                            // Commands must reach a queue (unroutable = not published, try again);
+                            // events are notifications: no subscriber for one is not a failure.
+                            try await publisher.publish(
+                                row.message, exchange: row.exchange, routingKey: row.routingKey,
+                                mandatory: row.exchange != Exchanges.events)
                             return (row.id, nil)
                         } catch {
                             return (row.id, "\(error)")

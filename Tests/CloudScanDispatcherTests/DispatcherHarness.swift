@@ -176,6 +176,15 @@ struct DispatcherHarness {
 
     func jobNames() async -> [String] { await standIn.cluster.jobNames(namespace: Self.namespace) }
 
+    /// Dispatched, and its Job exists (the claim commits before the Job is created).
+    func dispatchedWithJob(_ scanID: UUID, organization: UUID? = nil) async throws -> Bool {
+        guard let (status, attempt) = try? await self.status(scanID, organization: organization),
+            status == .dispatched
+        else { return false }
+        let name = "cloudscan-\(scanID.uuidString.lowercased().replacingOccurrences(of: "-", with: ""))-\(attempt)"
+        return await jobNames().contains(name)
+    }
+
     /// Polls until `condition` holds (or fails the test after `seconds`).
     func eventually(_ what: String, seconds: Int = 15, _ condition: () async throws -> Bool) async throws {
         let deadline = ContinuousClock.now + .seconds(seconds)

@@ -316,6 +316,16 @@ struct ScanServiceTests {
                 _ = try await c.execute("UPDATE scans SET status = 'queued' WHERE id = \(ids[7])")
             }
             #expect(try await Self.queued(app, org) == [31, 31])
+            let active = try await app.withTransaction(organizationID: org) { c in
+                try await c.query(
+                    """
+                    SELECT (SELECT coalesce(sum(active), 0) FROM organization_queue_counts),
+                           (SELECT count(*) FROM scans WHERE status IN ('dispatched', 'running'))
+                    """
+                ).single()
+            }
+            #expect(try active.decode(Int.self, at: 0) == 7, "the active counter follows dispatched/running")
+            #expect(try active.decode(Int.self, at: 1) == 7)
             // A rolled-back change leaves the counter alone.
             await #expect(throws: (any Error).self) {
                 try await app.withTransaction(organizationID: org) { c in

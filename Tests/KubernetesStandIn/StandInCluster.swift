@@ -783,17 +783,21 @@ public actor StandInCluster {
 
     private func record(_ type: String, namespace: String, name: String, object: Object) {
         history.append((resourceVersion, type, namespace, name, object))
+        guard !watchers.isEmpty else { return }  // (serializing is most of the stand-in's cost)
         let labels = Self.meta(object)["labels"] as? [String: String] ?? [:]
-        let line = Self.eventLine(type, object)
+        var line: Data?
         for watcher in watchers.values where watcher.namespace == namespace {
-            if SelectorTerm.matches(watcher.selector, labels) { watcher.continuation.yield(line) }
+            if SelectorTerm.matches(watcher.selector, labels) {
+                line = line ?? Self.eventLine(type, object)
+                watcher.continuation.yield(line!)
+            }
         }
     }
 
     // MARK: Encoding
 
     static func encode(_ object: Object) -> Data {
-        (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        (try? JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes])) ?? Data()
     }
 
     static func decode(_ data: Data) -> Object? {
