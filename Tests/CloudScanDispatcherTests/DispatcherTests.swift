@@ -27,6 +27,21 @@ struct DispatcherTests {
             #expect(job.spec?.activeDeadlineSeconds == scan.timeoutSeconds + 60)
             let env = job.spec?.template.spec?.containers?.first?.env ?? []
             #expect(env.first { $0.name == "CLOUDSCAN_RUNNER_TOKEN" }?.valueFrom?.secretKeyRef?.name == name)
+            // The manifest exactly as the dispatcher sent it, against the official schemas.
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("\(name).json")
+            defer { try? FileManager.default.removeItem(at: file) }
+            let pretty = try JSONSerialization.data(
+                withJSONObject: try JSONSerialization.jsonObject(with: posted), options: [.prettyPrinted, .sortedKeys])
+            try pretty.write(to: file)
+            let validator = TestDatabase.repositoryRoot.appendingPathComponent(".venv/bin/kubernetes-validate").path
+            let (status, output) = try await runCommandCapturingOutput([
+                validator, "--strict", "-k", "1.37.0", file.path,
+            ])
+            print(
+                "EMITTED MANIFEST\n\(String(decoding: pretty, as: UTF8.self))\nkubernetes-validate --strict -k 1.37.0: \(output)"
+            )
+            #expect(status == 0, "\(output)")
+            #expect(output.contains("passed"))
             #expect(try await h.events(scan.id) == ["queued", "dispatched"])
             let outbox = try await h.app.withTransaction(organizationID: h.organization) { c in
                 try await c.query(
