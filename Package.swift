@@ -259,6 +259,7 @@ let package = Package(
             dependencies: [
                 "CloudScanDispatcher", "CloudScanKubernetes", "KubernetesStandIn", "CloudScanService", "CloudScanCore",
                 "CloudScanAMQP", "CloudScanPostgres", "CloudScanAuth", "CloudScanTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

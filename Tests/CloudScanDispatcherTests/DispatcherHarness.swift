@@ -31,7 +31,8 @@ struct DispatcherHarness {
     static let tokenSecret = "dispatcher-test-runner-token-secret-0123456789"
 
     static func run(
-        quota: Int = 10, kubeTimeout: Duration = .seconds(5), _ body: (DispatcherHarness) async throws -> Void
+        quota: Int = 10, kubeTimeout: Duration = .seconds(5), storage: (url: String, token: String)? = nil,
+        _ body: (DispatcherHarness) async throws -> Void
     ) async throws {
         try await TestDatabase.withSchema("disp", migrated: true) { db in
             try await TestDatabase.withClient(db.appConfiguration(maximumConnections: 8)) { app in
@@ -72,7 +73,8 @@ struct DispatcherHarness {
                     backend: KubernetesJobBackend(
                         client: kube, builder: JobSpecBuilder(configuration: .init(namespace: namespace)),
                         logger: logger),
-                    artifacts: ArtifactResolver(), tokens: try RunnerTokenMinter(secret: tokenSecret),
+                    artifacts: ArtifactResolver(storageURL: storage?.url, token: storage?.token),
+                    tokens: try RunnerTokenMinter(secret: tokenSecret),
                     configuration: .init(
                         quotaDelaySeconds: 1, backendBackoff: .milliseconds(50), outageDelaysSeconds: [1, 2]),
                     logger: logger)
