@@ -98,29 +98,37 @@ public struct Dispatcher: Sendable {
         {
             return .deadLetter(reason: "x-organization-id does not match the message's organization_id")
         }
+        return try await withRetries("dispatch", scanID: command.scanID, delivery) {
+            switch try await dispatch(command, messageID: delivery.message.messageID) {
+            case .done: return .ack
+            case .invalid(let reason): return .deadLetter(reason: reason)
+            case .overQuota:
+                return .delay(seconds: configuration.quotaDelaySeconds, reason: "organization at its concurrency quota")
+            }
+        }
+    }
+
+    /// Runs `body` up to `backendTries` times while it fails transiently (Kubernetes, storage),
+    /// pausing between tries (doubling), then parks the message in a delay tier; a PostgreSQL
+    /// failure parks it at once.
+    private func withRetries(
+        _ what: String, scanID: UUID, _ delivery: AMQPDelivery, _ body: () async throws -> Outcome
+    ) async throws -> Outcome {
         var pause = configuration.backendBackoff
         for tryNumber in 1...max(1, configuration.backendTries) {
             do {
-                switch try await dispatch(command, messageID: delivery.message.messageID) {
-                case .done: return .ack
-                case .invalid(let reason): return .deadLetter(reason: reason)
-                case .overQuota:
-                    return .delay(
-                        seconds: configuration.quotaDelaySeconds, reason: "organization at its concurrency quota")
-                }
+                return try await body()
             } catch let error as JobBackendError where !error.permanent {
                 logger.warning(
-                    "dispatch failed; trying again",
-                    metadata: ["scan_id": "\(command.scanID)", "try": "\(tryNumber)", "error": "\(error)"])
-                if tryNumber < configuration.backendTries {
-                    try await Task.sleep(for: pause)
-                    pause *= 2
-                    continue
+                    "\(what) failed; trying again",
+                    metadata: ["scan_id": "\(scanID)", "try": "\(tryNumber)", "error": "\(error)"])
+                guard tryNumber < configuration.backendTries else {
+                    return parkAfterOutage(delivery, reason: error.reason)
                 }
-                return parkAfterOutage(delivery, reason: error.reason)
+                try await Task.sleep(for: pause)
+                pause *= 2
             } catch let error as PostgresError {
-                logger.warning(
-                    "dispatch failed on PostgreSQL", metadata: ["scan_id": "\(command.scanID)", "error": "\(error)"])
+                logger.warning("\(what) failed on PostgreSQL", metadata: ["scan_id": "\(scanID)", "error": "\(error)"])
                 return parkAfterOutage(delivery, reason: "postgres_unavailable")
             }
         }
@@ -420,28 +428,10 @@ public struct Dispatcher: Sendable {
         {
             return .deadLetter(reason: "x-organization-id does not match the message's organization_id")
         }
-        var pause = configuration.backendBackoff
-        for tryNumber in 1...max(1, configuration.backendTries) {
-            do {
-                try await cancel(message, messageID: delivery.message.messageID)
-                return .ack
-            } catch let error as JobBackendError {
-                logger.warning(
-                    "cancel failed; trying again",
-                    metadata: ["scan_id": "\(message.scanID)", "try": "\(tryNumber)", "error": "\(error)"])
-                if tryNumber < configuration.backendTries {
-                    try await Task.sleep(for: pause)
-                    pause *= 2
-                    continue
-                }
-                return parkAfterOutage(delivery, reason: error.reason)
-            } catch let error as PostgresError {
-                logger.warning(
-                    "cancel failed on PostgreSQL", metadata: ["scan_id": "\(message.scanID)", "error": "\(error)"])
-                return parkAfterOutage(delivery, reason: "postgres_unavailable")
-            }
+        return try await withRetries("cancel", scanID: message.scanID, delivery) {
+            try await cancel(message, messageID: delivery.message.messageID)
+            return .ack
         }
-        return parkAfterOutage(delivery, reason: "unavailable")
     }
 
     func cancel(_ message: ScanCancelMessage, messageID: String?) async throws {
