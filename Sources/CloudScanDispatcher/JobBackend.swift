@@ -1,3 +1,4 @@
+import CloudScanHTTP
 import CloudScanKubernetes
 import Foundation
 import Logging
@@ -69,6 +70,8 @@ public struct KubernetesJobBackend: JobBackend {
             }
         } catch let error as KubernetesError {
             throw Self.classify(error)
+        } catch let error as HTTPClientError {
+            throw Self.unreachable(error)
         }
     }
 
@@ -80,13 +83,24 @@ public struct KubernetesJobBackend: JobBackend {
             // Never created, or already gone: stopped either way.
         } catch let error as KubernetesError {
             throw Self.classify(error)
+        } catch let error as HTTPClientError {
+            throw Self.unreachable(error)
         }
         do {
             try await client.deleteSecret(name)
         } catch let error as KubernetesError where error.isNotFound {
         } catch let error as KubernetesError {
             throw Self.classify(error)
+        } catch let error as HTTPClientError {
+            throw Self.unreachable(error)
         }
+    }
+
+    /// No answer (time-out, refused connection, TLS): transient. Left unclassified it would reach
+    /// the consumer as a crash, be requeued, and be dead-lettered at the delivery limit during a
+    /// long API-server outage — a dispatch lost.
+    static func unreachable(_ error: HTTPClientError) -> JobBackendError {
+        JobBackendError(permanent: false, reason: "kubernetes_unavailable", message: "\(error)")
     }
 
     /// 422 Invalid / 400 BadRequest: the spec itself is wrong, retrying cannot help. Everything

@@ -32,6 +32,7 @@ struct DispatcherHarness {
 
     static func run(
         quota: Int = 10, kubeTimeout: Duration = .seconds(5), storage: (url: String, token: String)? = nil,
+        deliveryLimit: Int = 5,
         _ body: (DispatcherHarness) async throws -> Void
     ) async throws {
         try await TestDatabase.withSchema("disp", migrated: true) { db in
@@ -56,7 +57,7 @@ struct DispatcherHarness {
                             bindings: [
                                 .init(exchange: exchange, routingKey: "scan.create"),
                                 .init(exchange: exchange, routingKey: "scan.retry"),
-                            ], deliveryLimit: 5, maxLength: 100_000, retryDelaysSeconds: [1, 2]),
+                            ], deliveryLimit: deliveryLimit, maxLength: 100_000, retryDelaysSeconds: [1, 2]),
                         .init(
                             name: cancelQueue, bindings: [.init(exchange: exchange, routingKey: "scan.cancel")],
                             deliveryLimit: 5, maxLength: 100_000, retryDelaysSeconds: [1, 2]),

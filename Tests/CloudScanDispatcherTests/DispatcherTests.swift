@@ -207,6 +207,22 @@ struct DispatcherTests {
     }
 
     @Test(
+        "an API server that stops answering outlasts the delivery limit: the message waits in the delay tier, never dead-lettered"
+    )
+    func longOutage() async throws {
+        // Delivery limit 1: a message requeued as a crash would be dead-lettered at its second failure.
+        try await DispatcherHarness.run(kubeTimeout: .seconds(1), deliveryLimit: 1) { h in
+            await h.standIn.cluster.inject(.delay(.seconds(2)), times: 6, method: "POST", pathContains: "/secrets")
+            let scan = try await h.createScan()
+            try await h.eventually("dispatched after the outage", seconds: 40) {
+                try await h.dispatchedWithJob(scan.id)
+            }
+            #expect(await h.standIn.cluster.pendingFaults == 0, "six time-outs in a row were met")
+            #expect(await h.jobNames().count == 1)
+        }
+    }
+
+    @Test(
         "API server 500s, time-outs and 401s: retried with backoff (in place, then via a delay tier); one Job, nothing lost"
     )
     func apiServerFaults() async throws {
