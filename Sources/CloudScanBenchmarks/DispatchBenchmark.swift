@@ -96,10 +96,7 @@ struct DispatchBench: AsyncParsableCommand {
                                     project: .init(externalKey: "proj-bench"), scanTypes: ["sast"],
                                     artifactURL: "https://storage.local/bench.tar.gz"))
                             let at = ContinuousClock.now
-                            let name = RunnerAssignment(
-                                scanID: created.scan.id, organizationID: org, attempt: 1, scanTypes: [.sast],
-                                artifactURL: "", timeoutSeconds: 0, runnerToken: ""
-                            ).jobName
+                            let name = RunnerAssignment.jobName(scanID: created.scan.id, attempt: 1)
                             ledger.committed.withLock { $0[name] = at }
                         } catch {
                             ledger.failures.add(1, ordering: .relaxed)

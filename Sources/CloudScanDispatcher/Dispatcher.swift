@@ -253,10 +253,7 @@ public struct Dispatcher: Sendable {
             if let quota, try quota.decode(Int.self, at: 1) >= (try quota.decode(Int.self, at: 0)) {
                 return .decided(.overQuota)
             }
-            let jobName = RunnerAssignment(
-                scanID: scanID, organizationID: organizationID, attempt: attempt, scanTypes: scan.scanTypes,
-                artifactURL: "", timeoutSeconds: scan.timeoutSeconds, runnerToken: ""
-            ).jobName
+            let jobName = RunnerAssignment.jobName(scanID: scanID, attempt: attempt)
             try await Self.transition(
                 c, scanID: scanID, organizationID: organizationID, scan: scan, from: from, to: .dispatched,
                 attempt: attempt, reason: attempt == 1 ? "dispatched" : "retry dispatched", messageID: messageID,

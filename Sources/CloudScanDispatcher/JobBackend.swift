@@ -76,7 +76,7 @@ public struct KubernetesJobBackend: JobBackend {
     }
 
     public func stop(scanID: UUID, attempt: Int) async throws {
-        let name = "cloudscan-\(scanID.uuidString.lowercased().replacingOccurrences(of: "-", with: ""))-\(attempt)"
+        let name = RunnerAssignment.jobName(scanID: scanID, attempt: attempt)
         do {
             try await client.deleteJob(name, propagation: .background)
         } catch let error as KubernetesError where error.isNotFound {

@@ -33,7 +33,9 @@ public struct RunnerAssignment: Sendable, Equatable {
     /// server derives from it) stays within DNS-1123's 63. The whole id, not a prefix: two scans
     /// sharing a prefix would otherwise share a Job, and the second create's 409 would look like
     /// success.
-    public var jobName: String {
+    public var jobName: String { Self.jobName(scanID: scanID, attempt: attempt) }
+
+    public static func jobName(scanID: UUID, attempt: Int) -> String {
         "cloudscan-\(scanID.uuidString.lowercased().replacingOccurrences(of: "-", with: ""))-\(attempt)"
     }
 

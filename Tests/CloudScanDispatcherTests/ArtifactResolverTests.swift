@@ -138,10 +138,7 @@ struct ArtifactResolverTests {
             }
             #expect(reason == "artifact_not_found")
             #expect(try await h.events(missing.scan.id) == ["queued", "dispatched", "failed"])
-            let name = RunnerAssignment(
-                scanID: good.scan.id, organizationID: h.organization, attempt: 1, scanTypes: [.sast], artifactURL: "",
-                timeoutSeconds: 0, runnerToken: ""
-            ).jobName
+            let name = RunnerAssignment.jobName(scanID: good.scan.id, attempt: 1)
             let secret = try await KubernetesClient(
                 configuration: .init(
                     server: h.standIn.server, namespace: DispatcherHarness.namespace,

@@ -184,7 +184,7 @@ struct DispatcherHarness {
         guard let (status, attempt) = try? await self.status(scanID, organization: organization),
             status == .dispatched
         else { return false }
-        let name = "cloudscan-\(scanID.uuidString.lowercased().replacingOccurrences(of: "-", with: ""))-\(attempt)"
+        let name = RunnerAssignment.jobName(scanID: scanID, attempt: attempt)
         return await jobNames().contains(name)
     }
 

@@ -15,7 +15,7 @@ struct DispatcherTests {
     func createDispatches() async throws {
         try await DispatcherHarness.run { h in
             let scan = try await h.createScan()
-            let name = "cloudscan-\(scan.id.uuidString.lowercased().replacingOccurrences(of: "-", with: ""))-1"
+            let name = RunnerAssignment.jobName(scanID: scan.id, attempt: 1)
             try await h.eventually("dispatched") { try await h.dispatchedWithJob(scan.id) }
             #expect(await h.jobNames() == [name])
             #expect(await h.standIn.cluster.secretNames(namespace: DispatcherHarness.namespace) == [name])
