@@ -100,6 +100,48 @@ struct OutboxRelayTests {
         return (ids, count, sample)
     }
 
+    @Test("an event nobody subscribes to is sent (not mandatory); an unroutable command is not, and waits")
+    func unroutable() async throws {
+        try await TestDatabase.withSchema("relayroute", migrated: true) { db in
+            try await withVirtualHost { broker in
+                try await TestDatabase.withClient(db.appConfiguration()) { app in
+                    let (org, _) = try await TestDatabase.seedOrganization(app)
+                    let event = UUID()
+                    let command = UUID()
+                    try await app.withTransaction(organizationID: org) { c in
+                        // scan.dispatched has no binding on cloudscan.events; scan.nowhere none on commands.
+                        _ = try await c.execute(
+                            """
+                            INSERT INTO outbox (organization_id, message_id, exchange, routing_key, message_type, payload)
+                            VALUES (\(org), \(event), \(Exchanges.events), 'scan.dispatched', 'scan.event.v1', '{}'),
+                                   (\(org), \(command), \(Exchanges.commands), 'scan.nowhere', 'scan.create.v1', '{}')
+                            """)
+                    }
+                    @Sendable func sent(_ id: UUID) async throws -> (Bool, Int) {
+                        try await app.withTransaction(organizationID: org) { c in
+                            let row = try await c.query(
+                                "SELECT sent_at IS NOT NULL, attempts FROM outbox WHERE message_id = \(id)"
+                            ).single()
+                            return (try row.decode(Bool.self, at: 0), try row.decode(Int.self, at: 1))
+                        }
+                    }
+                    try await withRelay(db, broker) {
+                        let deadline = ContinuousClock.now + .seconds(20)
+                        while ContinuousClock.now < deadline {
+                            let eventSent = try await sent(event).0
+                            let commandTried = try await sent(command).1 >= 1
+                            if eventSent && commandTried { break }
+                            try await Task.sleep(for: .milliseconds(100))
+                        }
+                    }
+                    #expect(try await sent(event).0, "the event went out")
+                    let (commandSent, attempts) = try await sent(command)
+                    #expect(!commandSent && attempts >= 1, "the unroutable command waits for another pass")
+                }
+            }
+        }
+    }
+
     @Test("created scans reach cloudscan.commands → cloudscan.dispatch, with properties, and rows are marked sent")
     func relaysCreatedScans() async throws {
         try await TestDatabase.withSchema("relay", migrated: true) { db in
