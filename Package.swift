@@ -43,6 +43,11 @@ let package = Package(
             providers: [.apt(["librabbitmq-dev"])]
         ),
         .systemLibrary(
+            name: "CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
+        .systemLibrary(
             name: "CCurl",
             pkgConfig: "libcurl",
             providers: [.apt(["libcurl4-openssl-dev"])]
@@ -79,6 +84,29 @@ let package = Package(
             ]
         ),
 
+        // Safe extraction of tar, tar.gz and zip archives (zlib).
+        .target(
+            name: "CloudScanArchive",
+            dependencies: ["CZlib"]
+        ),
+
+        // Child processes in their own process group, with time limits.
+        .target(name: "CloudScanProcess"),
+
+        // The runner: artifact → archive → scanners → SARIF → findings and status messages.
+        .target(
+            name: "CloudScanRunner",
+            dependencies: [
+                "CloudScanCore",
+                "CloudScanAMQP",
+                "CloudScanHTTP",
+                "CloudScanArchive",
+                "CloudScanProcess",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
         // The dispatcher: scan.create/retry → a runner (Kubernetes Job or local process), quota, cancel.
         .target(
             name: "CloudScanDispatcher",
@@ -89,6 +117,7 @@ let package = Package(
                 "CloudScanHTTP",
                 "CloudScanKubernetes",
                 "CloudScanAuth",
+                "CloudScanProcess",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -180,6 +209,7 @@ let package = Package(
                 "CloudScanCore",
                 "CloudScanPostgres",
                 "CloudScanAMQP",
+                "CloudScanAuth",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -198,6 +228,8 @@ let package = Package(
                 "CloudScanAPI",
                 "CloudScanAuth",
                 "CloudScanGRPC",
+                "CloudScanRunner",
+                "CloudScanArchive",
                 "CloudScanMetrics",
                 "CloudScanDispatcher",
                 "CloudScanKubernetes",

@@ -7,6 +7,8 @@ struct CloudScan: AsyncParsableCommand {
         commandName: "cloudscan",
         abstract: "The orchestration core of the cloudscan security-scanning platform.",
         version: "0.1.0",
-        subcommands: [Migrate.self, Topology.self, API.self, Relay.self, DispatcherCommand.self, Dev.self]
+        subcommands: [
+            Migrate.self, Topology.self, API.self, Relay.self, DispatcherCommand.self, RunnerCommand.self, Dev.self,
+        ]
     )
 }

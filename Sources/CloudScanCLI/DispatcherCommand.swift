@@ -52,6 +52,7 @@ struct DispatcherParts {
             var runnerEnvironment = [
                 "CLOUDSCAN_BROKER_URL": environment["RUNNER_AMQP_URL"] ?? broker.redactedURLForRunner
             ]
+            runnerEnvironment.merge(ScannerLocations.runnerEnvironment(environment)) { old, _ in old }
             if let amqp = environment["AMQP_URL"] {
                 runnerEnvironment["CLOUDSCAN_BROKER_URL"] = environment["RUNNER_AMQP_URL"] ?? amqp
             }

@@ -144,10 +144,12 @@ public struct FindingRecord: Codable, Sendable, Hashable {
     public var column: Int?
     public var cwe: [String]?
     public var fingerprint: String
+    /// The scanner's own record (a SARIF result), kept as jsonb.
+    public var raw: JSONValue?
 
     public init(
         scanner: String, ruleID: String, severity: Severity, title: String, message: String? = nil, path: String? = nil,
-        line: Int? = nil, column: Int? = nil, cwe: [String]? = nil, fingerprint: String
+        line: Int? = nil, column: Int? = nil, cwe: [String]? = nil, fingerprint: String, raw: JSONValue? = nil
     ) {
         self.scanner = scanner
         self.ruleID = ruleID
@@ -159,6 +161,7 @@ public struct FindingRecord: Codable, Sendable, Hashable {
         self.column = column
         self.cwe = cwe
         self.fingerprint = fingerprint
+        self.raw = raw
     }
 }
 
@@ -166,18 +169,99 @@ public struct FindingRecord: Codable, Sendable, Hashable {
 public struct FindingsBatchMessage: Codable, Sendable, Hashable {
     /// At most this many findings per message.
     public static let maximumFindings = 500
+    /// A message's body stays under this many bytes (the runner chunks by count and by size).
+    public static let maximumBytes = 512 * 1024
     public var scanID: UUID
     public var organizationID: UUID
     public var attempt: Int
     public var batchIndex: Int
+    /// The attempt's runner token (`RunnerTokenMinter`): proves the sender runs this scan.
+    public var runnerToken: String
     public var findings: [FindingRecord]
 
-    public init(scanID: UUID, organizationID: UUID, attempt: Int, batchIndex: Int, findings: [FindingRecord]) {
+    public init(
+        scanID: UUID, organizationID: UUID, attempt: Int, batchIndex: Int, runnerToken: String,
+        findings: [FindingRecord]
+    ) {
         self.scanID = scanID
         self.organizationID = organizationID
         self.attempt = attempt
         self.batchIndex = batchIndex
+        self.runnerToken = runnerToken
         self.findings = findings
+    }
+
+    /// The message id: `<scan_id>:<attempt>:<batch_index>`.
+    public var messageID: String { "\(scanID.uuidString.lowercased()):\(attempt):\(batchIndex)" }
+}
+
+/// `status.report.v1`: a runner's report (exchange `cloudscan.status`, routing key `status.<kind>`).
+public struct StatusReportMessage: Codable, Sendable, Hashable {
+    public enum Kind: String, Codable, Sendable, CaseIterable {
+        case started, heartbeat, completed, failed
+    }
+
+    /// One scanner's result within a completed report.
+    public struct ScannerOutcome: Codable, Sendable, Hashable {
+        public enum Outcome: String, Codable, Sendable {
+            case ok, failed
+            case timedOut = "timed_out"
+            case skipped
+        }
+        public var name: String
+        public var outcome: Outcome
+        public var durationMS: Int?
+        public var findings: Int?
+        public var reason: String?
+
+        public init(name: String, outcome: Outcome, durationMS: Int? = nil, findings: Int? = nil, reason: String? = nil)
+        {
+            self.name = name
+            self.outcome = outcome
+            self.durationMS = durationMS
+            self.findings = findings
+            self.reason = reason
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case name, outcome, findings, reason
+            case durationMS = "durationMs"
+        }
+    }
+
+    public var scanID: UUID
+    public var organizationID: UUID
+    public var attempt: Int
+    public var kind: Kind
+    public var at: Date
+    public var runnerToken: String
+    /// With completed: how many findings batches were published, and the findings by severity.
+    public var findingsBatches: Int?
+    public var counts: SeverityCounts?
+    public var scanners: [ScannerOutcome]?
+    /// With completed: set when some scanner failed or timed out (the result is partial).
+    public var partial: Bool?
+    /// With failed (and partial completed): a short machine-readable reason, and a message.
+    public var reason: String?
+    public var message: String?
+
+    public init(
+        scanID: UUID, organizationID: UUID, attempt: Int, kind: Kind, at: Date = Date(), runnerToken: String,
+        findingsBatches: Int? = nil, counts: SeverityCounts? = nil, scanners: [ScannerOutcome]? = nil,
+        partial: Bool? = nil, reason: String? = nil, message: String? = nil
+    ) {
+        self.scanID = scanID
+        self.organizationID = organizationID
+        self.attempt = attempt
+        self.kind = kind
+        self.at = at
+        self.runnerToken = runnerToken
+        self.findingsBatches = findingsBatches
+        self.counts = counts
+        self.scanners = scanners
+        self.partial = partial
+        self.reason = reason
+        self.message = message
     }
 }
 

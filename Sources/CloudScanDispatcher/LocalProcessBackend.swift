@@ -1,4 +1,5 @@
 import CloudScanKubernetes
+import CloudScanProcess
 import Foundation
 import Logging
 import Synchronization
@@ -179,8 +180,7 @@ public final class LocalProcessBackend: JobBackend {
             metadata: ["scan_id": "\(assignment.scanID)", "attempt": "\(assignment.attempt)", "pid": "\(pid)"])
         // Reap it on a thread of its own (waitpid blocks).
         let reaper = Thread { [weak self] in
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+            let status = ChildProcess.waitBlocking(pid)
             kill(-pid, SIGKILL)  // whatever it left behind in its group
             self?.exited(key, status: status, scratch: scratch)
         }
@@ -200,45 +200,13 @@ public final class LocalProcessBackend: JobBackend {
         }
     }
 
-    /// posix_spawn in a new process group, stdin from /dev/null, in `directory`.
     static func spawnProcessGroup(_ command: [String], environment: [String: String], directory: String) throws -> pid_t
     {
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        posix_spawnattr_setpgroup(&attributes, 0)
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        // glibc ≥ 2.29 has it, but its header hides it without _GNU_SOURCE: look it up.
-        typealias AddChdir =
-            @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
-        if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np") {
-            _ = unsafeBitCast(symbol, to: AddChdir.self)(&actions, directory)
+        do {
+            return try ChildProcess.spawn(command, environment: environment, directory: directory)
+        } catch {
+            throw JobBackendError(permanent: true, reason: "runner_not_started", message: "\(error)")
         }
-        let argv = command.map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv { free(pointer) }
-            for pointer in envp { free(pointer) }
-        }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, command[0], &actions, &attributes, argv, envp)
-        guard result == 0 else {
-            throw JobBackendError(
-                permanent: true, reason: "runner_not_started",
-                message: "cannot start \(command[0]): \(String(cString: strerror(result)))")
-        }
-        return pid
     }
 
     private func exited(_ key: String, status: Int32, scratch: URL) {

@@ -1,0 +1,103 @@
+import CloudScanHTTP
+import Crypto
+import Foundation
+
+/// Brings the scan's artifact to a local file: `file://` is read in place, http(s) is downloaded
+/// through libcurl with a size cap and a time limit; the SHA-256 is checked when the scan has one.
+public struct ArtifactFetcher: Sendable {
+    public struct FetchError: Error, CustomStringConvertible, Sendable {
+        /// `artifact_unavailable`, `artifact_too_large`, `artifact_checksum_mismatch`.
+        public var reason: String
+        public var message: String
+        public var description: String { "\(reason): \(message)" }
+    }
+
+    public var maximumBytes: Int
+    public var timeout: Duration
+    let http: CurlHTTPClient
+
+    public init(maximumBytes: Int = 512 << 20, timeout: Duration = .seconds(300), http: CurlHTTPClient = .init()) {
+        self.maximumBytes = maximumBytes
+        self.timeout = timeout
+        self.http = http
+    }
+
+    /// The local path of the artifact (downloaded into `directory` when remote).
+    public func fetch(url: String, sha256: String?, into directory: String) async throws -> String {
+        let path: String
+        if url.hasPrefix("file://") {
+            path = URL(string: url)?.path ?? String(url.dropFirst("file://".count))
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw FetchError(reason: "artifact_unavailable", message: "no file at \(path)")
+            }
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            guard size <= maximumBytes else {
+                throw FetchError(reason: "artifact_too_large", message: "\(size) bytes, over \(maximumBytes)")
+            }
+        } else if url.hasPrefix("https://") || url.hasPrefix("http://") {
+            path = directory + "/artifact"
+            try await download(url, to: path)
+        } else {
+            throw FetchError(reason: "artifact_unavailable", message: "unsupported artifact URL scheme")
+        }
+        if let sha256 {
+            let actual = try Self.sha256(path: path)
+            guard actual == sha256.lowercased() else {
+                throw FetchError(
+                    reason: "artifact_checksum_mismatch", message: "sha256 is \(actual), the scan expects \(sha256)")
+            }
+        }
+        return path
+    }
+
+    private func download(_ url: String, to path: String) async throws {
+        guard FileManager.default.createFile(atPath: path, contents: nil),
+            let handle = FileHandle(forWritingAtPath: path)
+        else { throw FetchError(reason: "artifact_unavailable", message: "cannot write \(path)") }
+        defer { try? handle.close() }
+        let limit = maximumBytes
+        let request = HTTPRequest(url: url, timeout: timeout, maximumResponseBytes: limit)
+        let redacted = url.split(separator: "?").first.map(String.init) ?? url
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                let response: HTTPStreamingResponse
+                do {
+                    response = try await http.stream(request)
+                } catch {
+                    throw FetchError(reason: "artifact_unavailable", message: "\(redacted): \(error)")
+                }
+                guard response.status == 200 else {
+                    throw FetchError(reason: "artifact_unavailable", message: "\(redacted) answered \(response.status)")
+                }
+                if let length = response.header("content-length").flatMap(Int.init), length > limit {
+                    throw FetchError(reason: "artifact_too_large", message: "\(length) bytes, over \(limit)")
+                }
+                var total = 0
+                for try await chunk in response.body {
+                    total += chunk.count
+                    guard total <= limit else {
+                        throw FetchError(reason: "artifact_too_large", message: "over \(limit) bytes")
+                    }
+                    try handle.write(contentsOf: chunk)
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                throw FetchError(
+                    reason: "artifact_unavailable", message: "\(redacted): no complete answer in \(timeout)")
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    static func sha256(path: String) throws -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw FetchError(reason: "artifact_unavailable", message: "cannot read \(path)")
+        }
+        defer { try? handle.close() }
+        var hasher = SHA256()
+        while let data = try handle.read(upToCount: 1 << 20), !data.isEmpty { hasher.update(data: data) }
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+}
