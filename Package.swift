@@ -117,6 +117,7 @@ let package = Package(
                 "CloudScanHTTP",
                 "CloudScanKubernetes",
                 "CloudScanAuth",
+                "CloudScanStore",
                 "CloudScanProcess",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -148,6 +149,7 @@ let package = Package(
         .target(
             name: "CloudScanAuth",
             dependencies: [
+                "CloudScanCore",
                 "CloudScanHTTP",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "JWTKit", package: "jwt-kit"),
@@ -210,6 +212,7 @@ let package = Package(
                 "CloudScanPostgres",
                 "CloudScanAMQP",
                 "CloudScanAuth",
+                "CloudScanStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -1,3 +1,4 @@
+import CloudScanCore
 import CloudScanHTTP
 import Foundation
 import JWTKit
@@ -263,45 +264,6 @@ public final class JWTAuthenticator: Authenticator {
         public func verify(using algorithm: some JWTAlgorithm) async throws {
             try exp.verifyNotExpired()
             try nbf?.verifyNotBefore()
-        }
-    }
-}
-
-/// Any JSON value (for claims whose names come from configuration).
-public enum JSONValue: Codable, Sendable, Hashable {
-    case string(String)
-    case number(Double)
-    case bool(Bool)
-    case array([JSONValue])
-    case object([String: JSONValue])
-    case null
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let value = try? container.decode(Bool.self) {
-            self = .bool(value)
-        } else if let value = try? container.decode(Double.self) {
-            self = .number(value)
-        } else if let value = try? container.decode(String.self) {
-            self = .string(value)
-        } else if let value = try? container.decode([JSONValue].self) {
-            self = .array(value)
-        } else {
-            self = .object(try container.decode([String: JSONValue].self))
-        }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        switch self {
-        case .string(let value): try container.encode(value)
-        case .number(let value): try container.encode(value)
-        case .bool(let value): try container.encode(value)
-        case .array(let value): try container.encode(value)
-        case .object(let value): try container.encode(value)
-        case .null: try container.encodeNil()
         }
     }
 }

@@ -8,7 +8,8 @@ struct CloudScan: AsyncParsableCommand {
         abstract: "The orchestration core of the cloudscan security-scanning platform.",
         version: "0.1.0",
         subcommands: [
-            Migrate.self, Topology.self, API.self, Relay.self, DispatcherCommand.self, RunnerCommand.self, Dev.self,
+            Migrate.self, Topology.self, API.self, Relay.self, DispatcherCommand.self, RunnerCommand.self,
+            FindingsWriterCommand.self, StatusWriterCommand.self, Dev.self,
         ]
     )
 }

@@ -53,14 +53,19 @@ struct Dev: AsyncParsableCommand {
         let dispatcher = try DispatcherParts(
             database: configuration, broker: broker, backend: .local, topology: loadedTopology, concurrency: 4,
             logger: logger)
+        let writers = try WriterParts(
+            roles: [.findings, .status], database: configuration, broker: broker, topology: loadedTopology,
+            tokens: try runnerTokenMinter(ProcessInfo.processInfo.environment, development: true, logger: logger),
+            logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: api.services + dispatcher.services, gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+                services: api.services + dispatcher.services + writers.services,
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.notice(
-            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999, relay and dispatcher (local runners) running"
+            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999; relay, dispatcher (local runners), findings and status writers running"
         )
         try await group.run()
+        await writers.close()
         await dispatcher.close()
         await api.close()
     }

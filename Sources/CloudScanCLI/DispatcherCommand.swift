@@ -32,7 +32,7 @@ struct DispatcherParts {
         if let configured = environment["RUNNER_TOKEN_SECRET"], !configured.isEmpty {
             secret = configured
         } else if kind == .local {
-            secret = "cloudscan-development-runner-token-secret-not-for-production"
+            secret = developmentRunnerTokenSecret
             logger.warning("RUNNER_TOKEN_SECRET is not set: using the development secret (local backend only)")
         } else {
             throw ValidationError("RUNNER_TOKEN_SECRET (at least 32 bytes) is required")

@@ -297,6 +297,9 @@ public enum MessageCoding {
         return decoder
     }
 
+    /// A Swift property name as the wire spells it (`scanID` → `scan_id`).
+    public static func wireName(_ key: String) -> String { snakeCase(key) }
+
     /// `scanID` → `scan_id`, `ruleId` → `rule_id`, `organizationID` → `organization_id`.
     static func snakeCase(_ key: String) -> String {
         var out = ""

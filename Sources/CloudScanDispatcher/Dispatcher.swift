@@ -3,6 +3,7 @@ import CloudScanAuth
 import CloudScanCore
 import CloudScanKubernetes
 import CloudScanPostgres
+import CloudScanStore
 import Foundation
 import Logging
 
@@ -357,56 +358,16 @@ public struct Dispatcher: Sendable {
         return nil
     }
 
-    /// A conditional move (`WHERE status = from`), its scan_events row and its scan.<status> event
-    /// in the outbox, in the caller's transaction.
+    /// A conditional move with its scan_events row and scan.<status> event (``ScanTransitions``).
     static func transition(
         _ c: PostgresConnection, scanID: UUID, organizationID: UUID, scan: ScanRow, from: ScanStatus, to: ScanStatus,
         attempt: Int, reason: String, messageID: String?, jobName: String?, message: String? = nil
     ) async throws {
-        let moved = try await c.execute(
-            """
-            UPDATE scans
-            SET status = \(to.rawValue), attempt = \(Int32(attempt)), version = version + 1, updated_at = now(),
-                job_name = coalesce(\(jobName), job_name),
-                dispatched_at = CASE WHEN \(to.rawValue) = 'dispatched' THEN now() ELSE dispatched_at END,
-                finished_at = CASE WHEN \(to.isFinal) THEN now() ELSE finished_at END,
-                failure_reason = CASE WHEN \(to.rawValue) = 'failed' THEN \(reason) ELSE failure_reason END,
-                failure_message = CASE WHEN \(to.rawValue) = 'failed' THEN \(message) ELSE failure_message END
-            WHERE id = \(scanID) AND created_at = \(scan.createdAt) AND status = \(from.rawValue)
-            """)
-        guard moved == 1 else { return }
-        try await c.execute(
-            """
-            INSERT INTO scan_events (organization_id, scan_id, scan_created_at, from_status, to_status, actor, reason,
-                                     message_id, details)
-            VALUES (\(organizationID), \(scanID), \(scan.createdAt), \(from.rawValue), \(to.rawValue), 'dispatcher',
-                    \(reason), \(messageID), \(try PostgresJSONB(encoding: ["attempt": attempt])))
-            """)
-        try await enqueueEvent(
-            c, scanID: scanID, organizationID: organizationID, projectID: scan.projectID, status: to, attempt: attempt,
-            reason: reason)
-    }
-
-    static func enqueueEvent(
-        _ c: PostgresConnection, scanID: UUID, organizationID: UUID, projectID: UUID, status: ScanStatus, attempt: Int,
-        reason: String?
-    ) async throws {
-        let eventID = UUID()
-        let event = ScanEventMessage(
-            eventID: eventID.uuidString.lowercased(), scanID: scanID, organizationID: organizationID,
-            projectID: projectID, status: status, at: Date(), attempt: attempt,
-            reason: reason.map { String($0.prefix(256)) })
-        let payload = PostgresJSONB(text: String(decoding: try MessageCoding.encoder().encode(event), as: UTF8.self))
-        let headers = try PostgresJSONB(encoding: [
-            MessageHeaders.organizationID: organizationID.uuidString.lowercased()
-        ])
-        try await c.execute(
-            """
-            INSERT INTO outbox (organization_id, message_id, exchange, routing_key, message_type, correlation_id,
-                                headers, payload)
-            VALUES (\(organizationID), \(eventID), \(Exchanges.events), \("scan.\(status.rawValue)"),
-                    \(MessageType.scanEvent.rawValue), \(scanID.uuidString.lowercased()), \(headers), \(payload))
-            """)
+        try await ScanTransitions.move(
+            c,
+            .init(scanID: scanID, createdAt: scan.createdAt, organizationID: organizationID, projectID: scan.projectID),
+            from: from, to: to, attempt: attempt, actor: "dispatcher", reason: reason, messageID: messageID,
+            jobName: jobName, failureMessage: message)
     }
 
     // MARK: scan.cancel

@@ -54,6 +54,7 @@ public struct SARIFNormalizer {
                 if rawRuleID == nil { rawRuleID = rule?["id"]?.stringValue }
                 var ruleID = rawRuleID ?? "unknown"
                 if ruleIDLastComponent, let last = ruleID.split(separator: ".").last { ruleID = String(last) }
+                if ruleID.isEmpty { ruleID = "unknown" }
                 out.append(finding(result: result, rule: rule, ruleID: ruleID))
             }
         }
@@ -69,8 +70,8 @@ public struct SARIFNormalizer {
         let message = text(result["message"]) ?? text(rule?["fullDescription"]) ?? text(rule?["shortDescription"])
         let title =
             text(rule?["shortDescription"]).flatMap { $0.hasPrefix("Semgrep Finding:") ? nil : $0 }
-            ?? rule?["name"]?.stringValue.flatMap { $0 == rule?["id"]?.stringValue ? nil : $0 }
-            ?? message.map(firstSentence) ?? ruleID
+            ?? rule?["name"]?.stringValue.flatMap { $0.isEmpty || $0 == rule?["id"]?.stringValue ? nil : $0 }
+            ?? message.map(firstSentence).flatMap { $0.isEmpty ? nil : $0 } ?? ruleID
         let severity = Self.severity(result: result, rule: rule)
         var cwe = Set<String>()
         for tags in [rule?["properties"]?["tags"], result["properties"]?["tags"]] {

@@ -10,7 +10,7 @@ struct RowLevelSecurityTests {
     static let tenantTables: Set<String> = [
         "organizations", "projects", "scans", "scan_idempotency_keys", "scan_events", "findings", "outbox",
         "processed_messages", "webhook_subscriptions", "webhook_deliveries", "organization_queue_counts",
-        "scan_cancel_requests",
+        "scan_cancel_requests", "scan_findings_batches",
     ]
     /// Tables the services' role may only read (their triggers write them).
     static let readOnlyTables: Set<String> = ["organization_queue_counts"]
@@ -58,6 +58,11 @@ struct RowLevelSecurityTests {
                 """
                 INSERT INTO webhook_subscriptions (id, organization_id, url, secret)
                 VALUES (\(subscription), \(org), 'https://hooks.example/x', 's3cret')
+                """)
+            try await c.execute(
+                """
+                INSERT INTO scan_findings_batches (organization_id, scan_id, scan_created_at, attempt, batch_index)
+                VALUES (\(org), \(scan), \(created), 1, 0)
                 """)
             try await c.execute(
                 "INSERT INTO scan_cancel_requests (organization_id, scan_id, requested_by) VALUES (\(org), \(UUID()), 'gw')"

@@ -1,0 +1,150 @@
+import ArgumentParser
+import CloudScanAMQP
+import CloudScanAuth
+import CloudScanCore
+import CloudScanPostgres
+import CloudScanWorkers
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// The runner-token secret the writers check tokens with (the dispatcher mints with the same).
+func runnerTokenMinter(_ environment: [String: String], development: Bool, logger: Logger) throws
+    -> RunnerTokenMinter
+{
+    if let configured = environment["RUNNER_TOKEN_SECRET"], !configured.isEmpty {
+        return try RunnerTokenMinter(secret: configured)
+    }
+    guard development else { throw ValidationError("RUNNER_TOKEN_SECRET (at least 32 bytes) is required") }
+    logger.warning("RUNNER_TOKEN_SECRET is not set: using the development secret")
+    return try RunnerTokenMinter(secret: developmentRunnerTokenSecret)
+}
+
+let developmentRunnerTokenSecret = "cloudscan-development-runner-token-secret-not-for-production"
+
+/// The findings writer and the status writer, built the same way by their commands and `cloudscan dev`.
+struct WriterParts {
+    let client: PostgresClient
+    let publisher: AMQPPublisher
+    let services: [any Service]
+
+    enum Role { case findings, status }
+
+    init(
+        roles: Set<Role>, database: PostgresConfiguration, broker: AMQPConfiguration, topology: AMQPTopology,
+        tokens: RunnerTokenMinter, environment: [String: String] = ProcessInfo.processInfo.environment,
+        logger: Logger
+    ) throws {
+        func integer(_ key: String, _ fallback: Int) throws -> Int {
+            guard let text = environment[key] else { return fallback }
+            guard let value = Int(text), value > 0 else { throw ValidationError("\(key) must be a positive integer") }
+            return value
+        }
+        let statusConcurrency = try integer("STATUS_CONCURRENCY", 8)
+        var database = database
+        database.maximumConnections = max(database.maximumConnections, statusConcurrency + 4)
+        client = PostgresClient(configuration: database, logger: logger)
+        let publisher = AMQPPublisher(
+            configuration: .init(broker: broker, connectionName: "cloudscan-writers"), logger: logger)
+        self.publisher = publisher
+        var services: [any Service] = []
+        if roles.contains(.findings) {
+            let queue = "cloudscan.findings.ingest"
+            services.append(
+                FindingsWriter(
+                    consumer: AMQPConsumer(
+                        configuration: .init(
+                            broker: broker, queue: queue, prefetch: try integer("FINDINGS_PREFETCH", 64),
+                            connectionName: "cloudscan-findings-writer"),
+                        logger: logger),
+                    client: client,
+                    deadLetter: .init(publisher: publisher, exchange: Exchanges.deadLetter, routingKey: queue),
+                    tokens: tokens,
+                    configuration: .init(
+                        maximumRows: try integer("FINDINGS_BATCH_ROWS", 5000),
+                        maximumDelay: .milliseconds(try integer("FINDINGS_BATCH_DELAY_MS", 50))),
+                    logger: logger))
+        }
+        if roles.contains(.status) {
+            let queue = "cloudscan.status.ingest"
+            let writer = StatusWriter(client: client, tokens: tokens, logger: logger)
+            let delays = topology.workQueues.first { $0.name == queue }?.retryDelaysSeconds ?? [5, 30]
+            services.append(
+                AMQPConsumerService(
+                    consumer: AMQPConsumer(
+                        configuration: .init(
+                            broker: broker, queue: queue, prefetch: statusConcurrency * 2,
+                            connectionName: "cloudscan-status-writer"),
+                        logger: logger),
+                    configuration: .init(
+                        concurrency: statusConcurrency,
+                        deadLetter: .init(publisher: publisher, exchange: Exchanges.deadLetter, routingKey: queue),
+                        delay: .init(publisher: publisher, queue: queue, delaysSeconds: delays)),
+                    logger: logger, handler: writer.handle))
+        }
+        self.services = services
+    }
+
+    func close() async {
+        await publisher.close()
+        await client.shutdown()
+    }
+}
+
+/// `cloudscan findings-writer`.
+struct FindingsWriterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "findings-writer",
+        abstract: "Write runners' findings batches into PostgreSQL, exactly once (SIGTERM drains and exits).",
+        discussion: """
+            Environment: RUNNER_TOKEN_SECRET (required), FINDINGS_PREFETCH (messages, default 64), \
+            FINDINGS_BATCH_ROWS (default 5000), FINDINGS_BATCH_DELAY_MS (default 50).
+            """)
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var broker: BrokerOptions
+    @Option(help: "The topology file (env TOPOLOGY_FILE).") var topology: String?
+
+    func run() async throws {
+        try await runWriters(
+            [.findings], label: "cloudscan.findings-writer", database: database, broker: broker,
+            topology: topology)
+    }
+}
+
+/// `cloudscan status-writer`.
+struct StatusWriterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status-writer",
+        abstract: "Apply runners' status reports to scans (SIGTERM drains and exits).",
+        discussion: "Environment: RUNNER_TOKEN_SECRET (required), STATUS_CONCURRENCY (default 8).")
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var broker: BrokerOptions
+    @Option(help: "The topology file (env TOPOLOGY_FILE).") var topology: String?
+
+    func run() async throws {
+        try await runWriters(
+            [.status], label: "cloudscan.status-writer", database: database, broker: broker,
+            topology: topology)
+    }
+}
+
+private func runWriters(
+    _ roles: Set<WriterParts.Role>, label: String, database: DatabaseOptions, broker: BrokerOptions, topology: String?
+) async throws {
+    let environment = ProcessInfo.processInfo.environment
+    let logger = try database.makeLogger(label: label)
+    let topologyFile = try locateRepositoryFile(
+        "topology/topology.json", flag: topology ?? environment["TOPOLOGY_FILE"])
+    let parts = try WriterParts(
+        roles: roles,
+        database: database.postgresConfiguration(applicationName: label.replacingOccurrences(of: ".", with: "-")),
+        broker: try broker.configuration(), topology: try AMQPTopology.load(from: topologyFile),
+        tokens: try runnerTokenMinter(environment, development: false, logger: logger), logger: logger)
+    let group = ServiceGroup(
+        configuration: .init(services: parts.services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    logger.notice("\(label) running")
+    try await group.run()
+    await parts.close()
+}

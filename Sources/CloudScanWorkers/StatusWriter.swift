@@ -1,0 +1,242 @@
+import CloudScanAMQP
+import CloudScanAuth
+import CloudScanCore
+import CloudScanPostgres
+import CloudScanStore
+import Foundation
+import Logging
+
+/// `cloudscan status-writer`: runner reports (`cloudscan.status.ingest`) → scan state.
+///
+/// Every move is conditional on the scan's current status and attempt, so late, duplicate or
+/// reordered reports never move a scan backwards, and a report of an earlier attempt changes
+/// nothing of a later one:
+/// - started: dispatched → running.
+/// - heartbeat: refreshes `heartbeat_at` (a heartbeat before its started also means running).
+/// - completed: the report is kept on the scan with the number of findings batches the runner
+///   published; the scan becomes completed when every batch is written — now, or by the findings
+///   writer when the last one lands (``RunnerCompletion``).
+/// - failed: dispatched/running → failed with the runner's reason.
+/// A report for a scan the organization does not have, or with a token that does not match its
+/// scan, organization and attempt, is dead-lettered.
+public struct StatusWriter: Sendable {
+    let client: PostgresClient
+    let tokens: RunnerTokenMinter
+    let logger: Logger
+
+    public init(client: PostgresClient, tokens: RunnerTokenMinter, logger: Logger) {
+        self.client = client
+        self.tokens = tokens
+        self.logger = logger
+    }
+
+    static let topLevelKeys: Set<String> = [
+        "scan_id", "organization_id", "attempt", "kind", "at", "runner_token", "findings_batches", "counts",
+        "scanners", "partial", "reason", "message",
+    ]
+
+    /// Decodes and checks a report against status.report.v1; the reason names the field.
+    public static func parse(_ body: [UInt8]) -> Result<StatusReportMessage, FindingsBatchParser.Invalid> {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else {
+            return .failure(.init(reason: "not a JSON object"))
+        }
+        if let unknown = object.keys.first(where: { !topLevelKeys.contains($0) }) {
+            return .failure(.init(reason: "\(unknown): not a field of status.report.v1"))
+        }
+        let report: StatusReportMessage
+        do {
+            report = try MessageCoding.decoder().decode(StatusReportMessage.self, from: Data(body))
+        } catch let DecodingError.keyNotFound(key, _) {
+            return .failure(.init(reason: "\(MessageCoding.wireName(key.stringValue)): missing"))
+        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context),
+            let DecodingError.dataCorrupted(context)
+        {
+            let path = context.codingPath.map { MessageCoding.wireName($0.stringValue) }.joined(separator: ".")
+            return .failure(.init(reason: "\(path.isEmpty ? "body" : path): not valid"))
+        } catch {
+            return .failure(.init(reason: "unreadable"))
+        }
+        if report.attempt < 0 { return .failure(.init(reason: "attempt: below 0")) }
+        if report.runnerToken.isEmpty || report.runnerToken.count > 512 {
+            return .failure(.init(reason: "runner_token: empty or too long"))
+        }
+        if let batches = report.findingsBatches, batches < 0 {
+            return .failure(.init(reason: "findings_batches: below 0"))
+        }
+        if let reason = report.reason, reason.count > 256 { return .failure(.init(reason: "reason: too long")) }
+        if let message = report.message, message.count > 4096 { return .failure(.init(reason: "message: too long")) }
+        if let counts = report.counts,
+            [counts.critical, counts.high, counts.medium, counts.low, counts.info].contains(where: { $0 < 0 })
+        {
+            return .failure(.init(reason: "counts: below 0"))
+        }
+        for (index, scanner) in (report.scanners ?? []).enumerated() {
+            if scanner.name.isEmpty { return .failure(.init(reason: "scanners[\(index)].name: empty")) }
+            if (scanner.durationMS ?? 0) < 0 || (scanner.findings ?? 0) < 0 {
+                return .failure(.init(reason: "scanners[\(index)]: below 0"))
+            }
+            if let reason = scanner.reason, reason.count > 1024 {
+                return .failure(.init(reason: "scanners[\(index)].reason: too long"))
+            }
+        }
+        return .success(report)
+    }
+
+    /// The handler for `cloudscan.status.ingest`.
+    public func handle(_ delivery: AMQPDelivery) async throws -> AMQPConsumerService.Outcome {
+        let report: StatusReportMessage
+        switch Self.parse(delivery.message.body) {
+        case .failure(let invalid): return .deadLetter(reason: "invalid status.report.v1: \(invalid.reason)")
+        case .success(let parsed): report = parsed
+        }
+        if let header = delivery.message.headers[MessageHeaders.organizationID],
+            UUID(uuidString: header) != report.organizationID
+        {
+            return .deadLetter(reason: "x-organization-id does not match the body's organization_id")
+        }
+        guard
+            tokens.verify(
+                report.runnerToken, scanID: report.scanID, organizationID: report.organizationID,
+                attempt: report.attempt)
+        else { return .deadLetter(reason: "runner token does not match the scan, organization and attempt") }
+        let messageID = delivery.message.messageID
+        do {
+            return try await client.withTransaction(organizationID: report.organizationID) { c in
+                try await apply(c, report, messageID: messageID)
+            }
+        } catch let error as PostgresError where error.code != .server || error.isSerializationFailure {
+            // The database is away or the move lost a race: not the message's fault.
+            logger.warning("status report not applied yet", metadata: ["error": "\(error)"])
+            return .delay(seconds: 5, reason: "database unavailable")
+        }
+    }
+
+    func apply(_ c: PostgresConnection, _ report: StatusReportMessage, messageID: String?) async throws
+        -> AMQPConsumerService.Outcome
+    {
+        guard
+            let row = try await c.query(
+                "SELECT created_at, project_id, status, attempt FROM scans WHERE id = \(report.scanID) FOR UPDATE"
+            ).first
+        else {
+            return .deadLetter(reason: "scan \(report.scanID) does not exist in organization \(report.organizationID)")
+        }
+        let target = ScanTransitions.Target(
+            scanID: report.scanID, createdAt: try row.decode(Date.self, at: 0),
+            organizationID: report.organizationID, projectID: try row.decode(UUID.self, at: 1))
+        var status = ScanStatus(rawValue: try row.decode(String.self, at: 2)) ?? .failed
+        let attempt = try row.decode(Int.self, at: 3)
+        let log: Logger.Metadata = [
+            "scan_id": "\(report.scanID)", "kind": "\(report.kind.rawValue)", "attempt": "\(report.attempt)",
+            "status": "\(status.rawValue)",
+        ]
+        guard report.attempt == attempt else {
+            logger.info(
+                "report of another attempt ignored",
+                metadata: log.merging(["current_attempt": "\(attempt)"]) { a, _ in a })
+            return .ack
+        }
+        guard status == .dispatched || status == .running else {
+            logger.debug("report for a scan no longer active ignored", metadata: log)
+            return .ack
+        }
+        let actor = "runner"
+        if status == .dispatched {
+            let why = report.kind == .started ? "runner started" : "\(report.kind.rawValue) report before started"
+            try await ScanTransitions.move(
+                c, target, from: .dispatched, to: .running, attempt: attempt, actor: actor, reason: why,
+                messageID: messageID)
+            status = .running
+        }
+        switch report.kind {
+        case .started:
+            break
+        case .heartbeat:
+            try await c.execute(
+                """
+                UPDATE scans SET heartbeat_at = greatest(heartbeat_at, \(report.at)), updated_at = now()
+                WHERE id = \(report.scanID) AND created_at = \(target.createdAt) AND status = 'running'
+                """)
+        case .failed:
+            try await ScanTransitions.move(
+                c, target, from: .running, to: .failed, attempt: attempt, actor: actor,
+                reason: report.reason ?? "runner_failed", messageID: messageID, failureMessage: report.message)
+        case .completed:
+            let details = try JSONDecoder().decode(JSONValue.self, from: MessageCoding.encoder().encode(report))
+            var kept = details.objectValue ?? [:]
+            kept.removeValue(forKey: "runner_token")
+            kept["message_id"] = messageID.map { .string($0) } ?? .null
+            try await c.execute(
+                """
+                UPDATE scans SET expected_batches = \(Int32(report.findingsBatches ?? 0)),
+                                 completion_report = \(PostgresJSONB(text: JSONValue.object(kept).jsonText)),
+                                 heartbeat_at = greatest(heartbeat_at, \(report.at)), updated_at = now()
+                WHERE id = \(report.scanID) AND created_at = \(target.createdAt) AND status = 'running'
+                """)
+            try await RunnerCompletion.completeIfAllBatchesIn(
+                c, scanIDs: [report.scanID], organizationID: report.organizationID, actor: "status-writer")
+        }
+        return .ack
+    }
+}
+
+/// The join of a runner's completed report and its findings batches: whichever writer comes
+/// last (both lock the scan's row, so one of them sees the other's commit) completes the scan.
+public enum RunnerCompletion {
+    /// For each scan (in the caller's transaction, organization set): if it is running with a
+    /// completed report and every batch of its attempt is recorded, move it to completed.
+    public static func completeIfAllBatchesIn(
+        _ c: PostgresConnection, scanIDs: [UUID], organizationID: UUID, actor: String
+    ) async throws {
+        // Lock first (in id order, against deadlocks), then count in a statement of its own, so
+        // the count sees whatever committed while this waited for the lock.
+        let rows = try await c.query(
+            """
+            SELECT id, created_at, project_id, attempt, expected_batches, completion_report
+            FROM scans
+            WHERE id = ANY(\(scanIDs.map(\.uuidString))::uuid[]) AND status = 'running' AND completion_report IS NOT NULL
+            ORDER BY id FOR UPDATE
+            """)
+        guard !rows.isEmpty else { return }
+        var pending: [UUID: (target: ScanTransitions.Target, attempt: Int, expected: Int, report: String)] = [:]
+        for row in rows {
+            let id = try row.decode(UUID.self, at: 0)
+            pending[id] = (
+                ScanTransitions.Target(
+                    scanID: id, createdAt: try row.decode(Date.self, at: 1), organizationID: organizationID,
+                    projectID: try row.decode(UUID.self, at: 2)),
+                try row.decode(Int.self, at: 3), try row.decode(Int?.self, at: 4) ?? 0,
+                try row.decode(String.self, at: 5)
+            )
+        }
+        let counts = try await c.query(
+            """
+            SELECT b.scan_id, count(*), count(*) FILTER (WHERE b.refused_reason IS NOT NULL)
+            FROM scan_findings_batches b JOIN scans s
+                ON s.id = b.scan_id AND s.created_at = b.scan_created_at AND s.attempt = b.attempt
+            WHERE b.scan_id = ANY(\(pending.keys.map(\.uuidString))::uuid[])
+            GROUP BY b.scan_id
+            """)
+        var recorded: [UUID: Int] = [:]
+        var refused: [UUID: Int] = [:]
+        for row in counts {
+            let id = try row.decode(UUID.self, at: 0)
+            recorded[id] = try row.decode(Int.self, at: 1)
+            refused[id] = try row.decode(Int.self, at: 2)
+        }
+        for (id, scan) in pending where recorded[id, default: 0] >= scan.expected {
+            let report = (try? JSONDecoder().decode(JSONValue.self, from: Data(scan.report.utf8))) ?? .object([:])
+            let partial = report["partial"] == .bool(true) || refused[id, default: 0] > 0
+            var details: [String: JSONValue] = [
+                "batches": .int(scan.expected), "refused_batches": .int(refused[id, default: 0]),
+            ]
+            for key in ["counts", "scanners", "partial", "message"] {
+                if let value = report[key] { details[key] = value }
+            }
+            try await ScanTransitions.move(
+                c, scan.target, from: .running, to: .completed, attempt: scan.attempt, actor: actor,
+                reason: partial ? "partial" : "completed", messageID: report["message_id"]?.stringValue,
+                details: .object(details))
+        }
+    }
+}
