@@ -299,6 +299,21 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        .testTarget(
+            name: "CloudScanWorkersTests",
+            dependencies: [
+                "CloudScanWorkers", "CloudScanService", "CloudScanCore", "CloudScanAMQP", "CloudScanPostgres",
+                "CloudScanAuth", "CloudScanTestSupport", .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(
+            name: "CloudScanRunnerTests",
+            dependencies: [
+                "CloudScanRunner", "CloudScanArchive", "CloudScanCore", "CloudScanTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(name: "CloudScanCoreTests", dependencies: ["CloudScanCore", "CloudScanTestSupport"]),
         .testTarget(name: "CloudScanHTTPTests", dependencies: ["CloudScanHTTP", "CloudScanTestSupport"]),
         .testTarget(

@@ -60,9 +60,9 @@ struct WriterParts {
                     client: client,
                     deadLetter: .init(publisher: publisher, exchange: Exchanges.deadLetter, routingKey: queue),
                     tokens: tokens,
-                    configuration: .init(
+                    configuration: Self.findingsConfiguration(
                         maximumRows: try integer("FINDINGS_BATCH_ROWS", 5000),
-                        maximumDelay: .milliseconds(try integer("FINDINGS_BATCH_DELAY_MS", 50))),
+                        maximumDelayMS: try integer("FINDINGS_BATCH_DELAY_MS", 50), environment),
                     logger: logger))
         }
         if roles.contains(.status) {
@@ -88,6 +88,17 @@ struct WriterParts {
     func close() async {
         await publisher.close()
         await client.shutdown()
+    }
+
+    private static func findingsConfiguration(maximumRows: Int, maximumDelayMS: Int, _ environment: [String: String])
+        -> FindingsWriter.Configuration
+    {
+        var configuration = FindingsWriter.Configuration(
+            maximumRows: maximumRows, maximumDelay: .milliseconds(maximumDelayMS))
+        if let fault = environment["CLOUDSCAN_FAULT"], fault.hasPrefix("findings-writer:") {
+            configuration.pauseAt = .init(rawValue: String(fault.dropFirst("findings-writer:".count)))
+        }
+        return configuration
     }
 }
 

@@ -31,6 +31,14 @@ public struct FindingsWriter: Service {
         public var maximumDelay: Duration
         public var retryBackoff: (first: Duration, maximum: Duration)
         public var drainTimeout: Duration
+        /// Fault injection for the crash tests (`CLOUDSCAN_FAULT=findings-writer:before-commit` or
+        /// `:after-commit`): the flush logs "paused at <point>" and sleeps there, to be SIGKILLed.
+        public var pauseAt: PausePoint?
+
+        public enum PausePoint: String, Sendable {
+            case beforeCommit = "before-commit"
+            case afterCommit = "after-commit"
+        }
 
         public init(
             maximumRows: Int = 5000, maximumDelay: Duration = .milliseconds(50),
@@ -44,13 +52,19 @@ public struct FindingsWriter: Service {
         }
     }
 
+    private func pause(at point: Configuration.PausePoint) async {
+        guard configuration.pauseAt == point else { return }
+        logger.critical("paused at \(point.rawValue) (fault injection)")
+        try? await Task.sleep(for: .seconds(3600))
+    }
+
     let consumer: AMQPConsumer
     let client: PostgresClient
     let deadLetter: AMQPConsumerService.DeadLetterTarget
     let tokens: RunnerTokenMinter
     let configuration: Configuration
     let logger: Logger
-    let statistics = Statistics()
+    public let statistics = Statistics()
 
     public init(
         consumer: AMQPConsumer, client: PostgresClient, deadLetter: AMQPConsumerService.DeadLetterTarget,
@@ -371,8 +385,10 @@ public struct FindingsWriter: Service {
                 try await RunnerCompletion.completeIfAllBatchesIn(
                     c, scanIDs: Array(scanIDs), organizationID: organizationID, actor: "findings-writer")
             }
+            await pause(at: .beforeCommit)
             return (inserted, rows - inserted)
         }
+        await pause(at: .afterCommit)
         statistics.values.withLock {
             $0.flushes += 1
             $0.inserted += inserted

@@ -11,23 +11,7 @@ struct MessageContractTests {
     let at = Date(timeIntervalSince1970: 1_764_295_753.25)
 
     func validate(_ documents: [(MessageType, Data)]) async throws -> (Int32, String) {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("msgs-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        var files: [String] = []
-        for (index, (type, body)) in documents.enumerated() {
-            let wrapper = "{\"type\":\"\(type.rawValue)\",\"body\":\(String(decoding: body, as: UTF8.self))}"
-            let file = directory.appendingPathComponent("\(index).json")
-            try wrapper.write(to: file, atomically: true, encoding: .utf8)
-            files.append(file.path)
-        }
-        let root = TestDatabase.repositoryRoot
-        return try await runCommandCapturingOutput(
-            [
-                root.appendingPathComponent(".venv/bin/python").path,
-                root.appendingPathComponent("Tests/clients/validate_messages.py").path,
-                root.appendingPathComponent("topology/schemas").path,
-            ] + files)
+        try await validateMessages(documents.map { ($0.0.rawValue, $0.1) })
     }
 
     @Test("encoded messages validate against their schemas and decode back")
@@ -41,18 +25,31 @@ struct MessageContractTests {
         let cancel = ScanCancelMessage(
             scanID: scan, organizationID: organization, requestedAt: at, requestedBy: "gateway")
         let batch = FindingsBatchMessage(
-            scanID: scan, organizationID: organization, attempt: 1, batchIndex: 0,
+            scanID: scan, organizationID: organization, attempt: 1, batchIndex: 0, runnerToken: "v1.token",
             findings: [
                 FindingRecord(
                     scanner: "bandit", ruleID: "B105", severity: .low, title: "Hardcoded password", message: "…",
-                    path: "app/settings.py", line: 12, column: 4, cwe: ["CWE-259"], fingerprint: "bandit:B105:abc")
+                    path: "app/settings.py", line: 12, column: 4, cwe: ["CWE-259"], fingerprint: "bandit:B105:abc",
+                    raw: .object(["ruleId": .string("B105"), "rule_index": .int(3), "level": .string("note")]))
             ])
+        let completed = StatusReportMessage(
+            scanID: scan, organizationID: organization, attempt: 1, kind: .completed, at: at, runnerToken: "v1.token",
+            findingsBatches: 1, counts: SeverityCounts(),
+            scanners: [
+                .init(name: "semgrep", outcome: .ok, durationMS: 1200, findings: 8),
+                .init(name: "syft-osv", outcome: .skipped, reason: "advisory database unavailable"),
+            ], partial: true, reason: "partial", message: "syft-osv skipped: advisory database unavailable")
         let (status, output) = try await validate([
             (.scanCreate, try encoder.encode(create)), (.scanCancel, try encoder.encode(cancel)),
-            (.findingsBatch, try encoder.encode(batch)),
+            (.findingsBatch, try encoder.encode(batch)), (.statusReport, try encoder.encode(completed)),
         ])
         #expect(status == 0, "\(output)")
-        #expect(output.split(separator: "\n").count == 3)
+        #expect(output.split(separator: "\n").count == 4)
+        // Keys inside raw are the scanner's, never re-cased.
+        #expect(String(decoding: try encoder.encode(batch), as: UTF8.self).contains("\"ruleId\":\"B105\""))
+        #expect(
+            try MessageCoding.decoder().decode(StatusReportMessage.self, from: try encoder.encode(completed))
+                == completed)
 
         let json = String(decoding: try encoder.encode(create), as: UTF8.self)
         #expect(json.contains("\"scan_id\":\"\(scan.uuidString)\""))
@@ -80,7 +77,7 @@ struct MessageContractTests {
             ),
             (
                 .findingsBatch,
-                #"{"scan_id":"\#(scan)","organization_id":"\#(organization)","attempt":0,"batch_index":0,"findings":[{"scanner":"x","rule_id":"r","severity":"urgent","title":"t","fingerprint":"f"}]}"#
+                #"{"scan_id":"\#(scan)","organization_id":"\#(organization)","attempt":0,"batch_index":0,"runner_token":"t","findings":[{"scanner":"x","rule_id":"r","severity":"urgent","title":"t","fingerprint":"f"}]}"#
             ),
         ]
         let (status, output) = try await validate(bad.map { ($0.0, Data($0.1.utf8)) })

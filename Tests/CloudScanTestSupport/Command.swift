@@ -118,3 +118,25 @@ public final class BackgroundCommand: Sendable {
         }
     }
 }
+
+/// Validates message bodies against topology/schemas/<type>.json with Python's jsonschema
+/// (Tests/clients/validate_messages.py): one output line per document, "ok …" or "invalid …".
+public func validateMessages(_ documents: [(type: String, body: Data)]) async throws -> (Int32, String) {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("msgs-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    var files: [String] = []
+    for (index, document) in documents.enumerated() {
+        let wrapper = "{\"type\":\"\(document.type)\",\"body\":\(String(decoding: document.body, as: UTF8.self))}"
+        let file = directory.appendingPathComponent(String(format: "%04d.json", index))
+        try wrapper.write(to: file, atomically: true, encoding: .utf8)
+        files.append(file.path)
+    }
+    let root = TestDatabase.repositoryRoot
+    return try await runCommandCapturingOutput(
+        [
+            root.appendingPathComponent(".venv/bin/python").path,
+            root.appendingPathComponent("Tests/clients/validate_messages.py").path,
+            root.appendingPathComponent("topology/schemas").path,
+        ] + files)
+}

@@ -96,3 +96,43 @@ extension Trait where Self == ChaosNodeTrait {
     /// Uses the chaos RabbitMQ node, which it may kill or pause.
     public static var chaosNode: Self { ChaosNodeTrait() }
 }
+
+extension TestBroker {
+    /// Runs `body` in a virtual host of its own with the fleet's real topology declared (so code
+    /// using the fleet's exchange and queue names is isolated from every other test); deletes the
+    /// virtual host afterwards. Returns the broker configuration and its `amqp://` URL.
+    public static func withFleetVirtualHost<R>(
+        _ prefix: String, _ body: (_ broker: AMQPConfiguration, _ url: String) async throws -> R
+    ) async throws -> R {
+        let vhost = "test-\(prefix)-\(UUID().uuidString.prefix(8).lowercased())"
+        guard try await rabbitmqctl(["add_vhost", vhost]) == 0,
+            try await rabbitmqctl(["set_permissions", "-p", vhost, user, ".*", ".*", ".*"]) == 0
+        else { throw AMQPError(code: .protocolError, message: "could not create the virtual host \(vhost)") }
+        let broker = configuration(virtualHost: vhost)
+        do {
+            let topology = try AMQPTopology.load(
+                from: TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json"))
+            _ = try await topology.apply(broker: broker)
+            let result = try await body(broker, "amqp://\(user):\(password)@\(host):\(port)/\(vhost)")
+            _ = try? await rabbitmqctl(["delete_vhost", vhost])
+            return result
+        } catch {
+            _ = try? await rabbitmqctl(["delete_vhost", vhost])
+            throw error
+        }
+    }
+
+    /// Messages in a queue of a virtual host, read with `rabbitmqctl` (quorum counts lag acks by
+    /// seconds: poll).
+    public static func queueDepth(_ queue: String, virtualHost: String) async throws -> Int? {
+        let (status, output) = try await runCommandCapturingOutput([
+            "rabbitmqctl", "-n", "rabbit@localhost", "-q", "list_queues", "-p", virtualHost, "name", "messages",
+        ])
+        guard status == 0 else { return nil }
+        for line in output.split(separator: "\n") {
+            let parts = line.split(whereSeparator: { $0 == "\t" || $0 == " " })
+            if parts.count == 2, parts[0] == queue { return Int(parts[1]) }
+        }
+        return nil
+    }
+}

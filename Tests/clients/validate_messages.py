@@ -18,7 +18,7 @@ for path in sys.argv[2:]:
     errors = sorted(Draft202012Validator(schema, format_checker=FormatChecker()).iter_errors(document["body"]), key=str)
     if errors:
         failed = True
-        print(f"invalid {path}: {errors[0].message}")
+        print(f"invalid {path}: {errors[0].message[:300]}".replace("\n", " "))
     else:
         print(f"ok {path}")
 sys.exit(1 if failed else 0)

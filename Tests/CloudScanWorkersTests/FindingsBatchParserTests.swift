@@ -1,0 +1,111 @@
+import CloudScanCore
+import CloudScanTestSupport
+import CloudScanWorkers
+import Foundation
+import Testing
+
+/// The writer's one-pass check of findings.batch.v1 against the published JSON Schema, judged by
+/// an outside implementation (Python's jsonschema): both must agree on every document.
+@Suite("findings.batch.v1 check")
+struct FindingsBatchParserTests {
+    static let scan = UUID().uuidString.lowercased()
+    static let org = UUID().uuidString.lowercased()
+
+    static func document(envelope: String = "", finding: String) -> String {
+        let base =
+            #""scan_id":"\#(scan)","organization_id":"\#(org)","attempt":1,"batch_index":0,"runner_token":"v1.t""#
+        return "{\(envelope.isEmpty ? base : envelope),\"findings\":[\(finding)]}"
+    }
+
+    static let good = #"{"scanner":"semgrep","rule_id":"r1","severity":"high","title":"t","fingerprint":"f"}"#
+
+    static let corpus: [String] = [
+        document(finding: good),
+        document(
+            finding:
+                #"{"scanner":"s","rule_id":"r","severity":"info","title":"t","fingerprint":"f","message":"","path":"a/b.py","line":0,"column":3,"cwe":["CWE-79","CWE-1"],"raw":{"ruleId":"x","nested":{"a":[1,2.5,null,true]}}}"#
+        ),
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"urgent","title":"t","fingerprint":"f"}"#),
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"","fingerprint":"f"}"#),
+        document(finding: #"{"scanner":"","rule_id":"r","severity":"low","title":"t","fingerprint":"f"}"#),
+        document(finding: #"{"rule_id":"r","severity":"low","title":"t","fingerprint":"f"}"#),
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","line":-1}"#),
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","line":1.5}"#),
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","line":true}"#),
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","line":"3"}"#),
+        document(
+            finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","cwe":["cwe-79"]}"#),
+        document(
+            finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","cwe":"CWE-79"}"#),
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","raw":[1]}"#),
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","extra":1}"#),
+        document(
+            finding:
+                #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"\#(String(repeating: "f", count: 257))"}"#
+        ),
+        document(
+            finding:
+                #"{"scanner":"\#(String(repeating: "s", count: 101))","rule_id":"r","severity":"low","title":"t","fingerprint":"f"}"#
+        ),
+        document(
+            envelope:
+                #""scan_id":"not-a-uuid","organization_id":"\#(org)","attempt":1,"batch_index":0,"runner_token":"t""#,
+            finding: good),
+        document(
+            envelope:
+                #""scan_id":"\#(scan)","organization_id":"\#(org)","attempt":-1,"batch_index":0,"runner_token":"t""#,
+            finding: good),
+        document(
+            envelope:
+                #""scan_id":"\#(scan)","organization_id":"\#(org)","attempt":1,"batch_index":0,"runner_token":"""#,
+            finding: good),
+        document(
+            envelope: #""scan_id":"\#(scan)","organization_id":"\#(org)","attempt":1,"batch_index":0"#,
+            finding: good),
+        document(
+            envelope:
+                #""scan_id":"\#(scan)","organization_id":"\#(org)","attempt":1,"batch_index":0,"runner_token":"t","surprise":true"#,
+            finding: good),
+        "{\"scan_id\":\"\(scan)\",\"organization_id\":\"\(org)\",\"attempt\":1,\"batch_index\":0,\"runner_token\":\"t\",\"findings\":["
+            + Array(repeating: good, count: 501).joined(separator: ",") + "]}",
+        "{\"scan_id\":\"\(scan)\",\"organization_id\":\"\(org)\",\"attempt\":1,\"batch_index\":0,\"runner_token\":\"t\",\"findings\":{}}",
+        "[]",
+    ]
+
+    @Test("the writer's check and Python's jsonschema agree on every document of the corpus")
+    func agreesWithJSONSchema() async throws {
+        let (_, output) = try await validateMessages(
+            Self.corpus.map { (MessageType.findingsBatch.rawValue, Data($0.utf8)) })
+        let verdicts = output.split(separator: "\n").map { $0.hasPrefix("ok") }
+        #expect(verdicts.count == Self.corpus.count, "\(output.prefix(3000))")
+        #expect(verdicts.filter { $0 }.count == 2, "the corpus has two valid documents: \(output)")
+        for (index, body) in Self.corpus.enumerated() where index < verdicts.count {
+            let swift: Bool
+            do {
+                _ = try FindingsBatchParser.parse(Array(body.utf8))
+                swift = true
+            } catch {
+                swift = false
+            }
+            #expect(swift == verdicts[index], "document \(index) (\(body.prefix(160))): Python says \(verdicts[index])")
+        }
+    }
+
+    @Test("a refusal names the field; NUL characters become U+FFFD (PostgreSQL text cannot hold them)")
+    func reasonsAndCleaning() throws {
+        do {
+            _ = try FindingsBatchParser.parse(Array(Self.corpus[2].utf8))
+            Issue.record("an unknown severity passed")
+        } catch {
+            #expect(error.reason.hasPrefix("findings[0].severity"))
+            #expect(error.envelope?.batchIndex == 0, "the envelope was valid, so the batch can be counted")
+        }
+        let withNUL = Self.document(
+            finding:
+                #"{"scanner":"s","rule_id":"r","severity":"low","title":"a\u0000b","fingerprint":"f","raw":{"k":"x\u0000y"}}"#
+        )
+        let batch = try FindingsBatchParser.parse(Array(withNUL.utf8))
+        #expect(batch.findings[0].title == "a\u{FFFD}b")
+        #expect(batch.findings[0].raw?.contains("\\u0000") == false)
+    }
+}

@@ -1,0 +1,145 @@
+import CloudScanAMQP
+import CloudScanCore
+import CloudScanPostgres
+import CloudScanTestSupport
+import CloudScanWorkers
+import Foundation
+import Testing
+
+@Suite("findings writer (live PostgreSQL and RabbitMQ)")
+struct FindingsWriterTests {
+    @Test("the same findings message delivered twice: its rows once, the scan's counters once")
+    func duplicateDelivery() async throws {
+        try await WritersHarness.run("fwdup") { h in
+            let scan = try await h.dispatchedScan()
+            let batch = h.batch(scan, index: 0, findings: (0..<120).map { WritersHarness.finding($0) })
+            try await h.publish(batch)
+            #expect(try await h.eventually { try await h.findingsCount(scan) == 120 })
+            try await h.publish(batch)  // a redelivery or a runner that published again
+            let second = h.batch(scan, index: 1, findings: [WritersHarness.finding(500, severity: .low)])
+            try await h.publish(second)  // behind the duplicate in the queue: once it is in, so is the duplicate
+            #expect(try await h.eventually { try await h.findingsCount(scan) == 121 })
+            let state = try await h.scanState(scan)
+            #expect(state.counted == 121, "the counters count inserted rows only")
+            #expect(h.findingsWriter!.statistics.duplicates >= 120)
+            #expect(try await h.findingsCount(scan) == 121)
+        }
+    }
+
+    @Test(
+        "a forged runner token, another organization's scan, a mismatched header: dead-lettered with a reason, nothing written"
+    )
+    func forgedAndForeign() async throws {
+        try await WritersHarness.run("fwforge") { h in
+            let mine = try await h.dispatchedScan()
+            let theirs = try await h.dispatchedScan(organization: h.other)
+            let rows = [WritersHarness.finding(1)]
+            // A token made up by the sender.
+            try await h.publish(
+                h.batch(mine, index: 0, findings: rows, token: "v1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"))
+            // A runner of organization A writing into B's scan with A's token for its own scan.
+            try await h.publish(
+                h.batch(theirs, index: 0, findings: rows, organization: h.organization, token: h.token(mine)))
+            // Even a token minted for (B's scan, organization A) — as if the secret leaked — finds
+            // no such scan in A: row-level security hides B's scan.
+            try await h.publish(
+                h.batch(
+                    theirs, index: 1, findings: rows, organization: h.organization,
+                    token: h.token(theirs, organization: h.organization)))
+            // The header names another organization than the body.
+            try await h.publish(h.batch(mine, index: 1, findings: rows), headerOrganization: h.other)
+            let dead = try await h.deadLetters("cloudscan.findings.ingest", count: 4)
+            let reasons = dead.map(\.1)
+            #expect(dead.count == 4, "\(dead)")
+            #expect(reasons.filter { $0.contains("runner token does not match") }.count == 2, "\(reasons)")
+            #expect(reasons.contains { $0.contains("does not exist in organization") }, "\(reasons)")
+            #expect(reasons.contains { $0.contains("x-organization-id") }, "\(reasons)")
+            #expect(try await h.findingsCount(mine) == 0)
+            #expect(try await h.findingsCount(theirs, organization: h.other) == 0)
+            #expect(try await h.scanState(theirs, organization: h.other).counted == 0)
+        }
+    }
+
+    @Test(
+        "an invalid message among valid ones: only it is dead-lettered (its reason names the field), the rest is written"
+    )
+    func invalidAmongValid() async throws {
+        try await WritersHarness.run("fwbad") { h in
+            let scan = try await h.dispatchedScan()
+            try await h.publish(h.batch(scan, index: 0, findings: (0..<10).map { WritersHarness.finding($0) }))
+            var bad = h.batch(scan, index: 1, findings: [WritersHarness.finding(20)])
+            var body = String(decoding: try MessageCoding.encoder().encode(bad), as: UTF8.self)
+            body = body.replacingOccurrences(of: "\"severity\":\"high\"", with: "\"severity\":\"urgent\"")
+            try await h.publish(bad, body: Array(body.utf8))
+            bad.batchIndex = 2
+            try await h.publish(bad, body: Array("{not json".utf8))
+            try await h.publish(h.batch(scan, index: 3, findings: (30..<40).map { WritersHarness.finding($0) }))
+            #expect(try await h.eventually { try await h.findingsCount(scan) == 20 })
+            let dead = try await h.deadLetters("cloudscan.findings.ingest", count: 2)
+            #expect(dead.map(\.1).contains { $0.contains("findings[0].severity") }, "\(dead)")
+            #expect(dead.map(\.1).contains { $0.contains("not JSON") }, "\(dead)")
+            #expect(try await h.scanState(scan).counted == 20)
+        }
+    }
+
+    @Test("the runner's completed report and its findings batches: whichever comes last completes the scan")
+    func completionJoin() async throws {
+        try await WritersHarness.run("fwjoin") { h in
+            // Report first, batches after: the findings writer completes it.
+            let first = try await h.dispatchedScan()
+            try await h.publish(h.report(first, .started))
+            try await h.publish(h.report(first, .completed, batches: 2))
+            #expect(try await h.eventually { try await h.scanState(first).status == "running" })
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await h.scanState(first).status == "running", "waits for its batches")
+            try await h.publish(h.batch(first, index: 0, findings: [WritersHarness.finding(1)]))
+            try await h.publish(h.batch(first, index: 1, findings: [WritersHarness.finding(2)]))
+            #expect(try await h.eventually { try await h.scanState(first).status == "completed" })
+            let state = try await h.scanState(first)
+            #expect(state.counted == 2)
+            #expect(state.events == ["queued", "dispatched", "running", "completed"])
+
+            // Batches first, report after: the status writer completes it.
+            let second = try await h.dispatchedScan()
+            try await h.publish(h.batch(second, index: 0, findings: [WritersHarness.finding(3)]))
+            #expect(try await h.eventually { try await h.findingsCount(second) == 1 })
+            try await h.publish(h.report(second, .completed, batches: 1))
+            #expect(try await h.eventually { try await h.scanState(second).status == "completed" })
+            // No started report at all: the timeline still reads in order.
+            #expect(try await h.scanState(second).events == ["queued", "dispatched", "running", "completed"])
+
+            // scan.completed is in the outbox with the counts.
+            let payload = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query(
+                    "SELECT payload::text FROM outbox WHERE routing_key = 'scan.completed' AND correlation_id = \(second.uuidString.lowercased())"
+                ).single().decode(String.self, at: 0)
+            }
+            let event = try MessageCoding.decoder().decode(ScanEventMessage.self, from: Data(payload.utf8))
+            #expect(event.status == .completed)
+            #expect(event.counts?["high"] == 1)
+        }
+    }
+
+    @Test("a refused batch of a runner whose token checks out still counts: the scan completes, partial")
+    func refusedBatchCounts() async throws {
+        try await WritersHarness.run("fwref") { h in
+            let scan = try await h.dispatchedScan()
+            var bad = h.batch(scan, index: 0, findings: [WritersHarness.finding(1)])
+            var body = String(decoding: try MessageCoding.encoder().encode(bad), as: UTF8.self)
+            body = body.replacingOccurrences(of: "\"title\":\"Finding 1\"", with: "\"title\":\"\"")
+            try await h.publish(bad, body: Array(body.utf8))
+            bad.batchIndex = 1
+            try await h.publish(h.batch(scan, index: 1, findings: [WritersHarness.finding(2)]))
+            try await h.publish(h.report(scan, .completed, batches: 2))
+            #expect(try await h.eventually { try await h.scanState(scan).status == "completed" })
+            let reason = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query(
+                    "SELECT reason, details->>'refused_batches' FROM scan_events WHERE scan_id = \(scan) AND to_status = 'completed'"
+                ).single()
+            }
+            #expect(try reason.decode(String.self, at: 0) == "partial")
+            #expect(try reason.decode(String.self, at: 1) == "1")
+            #expect(try await h.findingsCount(scan) == 1)
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import CloudScanAMQP
+import CloudScanCore
+import CloudScanPostgres
+import CloudScanTestSupport
+import CloudScanWorkers
+import Foundation
+import Testing
+
+@Suite("status writer (live PostgreSQL and RabbitMQ)")
+struct StatusWriterTests {
+    @Test("reports out of order, late and duplicated never move a scan backwards")
+    func reordering() async throws {
+        try await WritersHarness.run("swreorder") { h in
+            let scan = try await h.dispatchedScan()
+            // completed overtakes started; then the late started, a heartbeat, a duplicate completed
+            // and a late failed arrive.
+            try await h.publish(h.report(scan, .completed, batches: 0))
+            #expect(try await h.eventually { try await h.scanState(scan).status == "completed" })
+            try await h.publish(h.report(scan, .started))
+            try await h.publish(h.report(scan, .heartbeat))
+            try await h.publish(h.report(scan, .completed, batches: 0))
+            try await h.publish(h.report(scan, .failed, reason: "late"))
+            // A marker behind them: once it is applied, so are they.
+            let marker = try await h.dispatchedScan()
+            try await h.publish(h.report(marker, .started))
+            #expect(try await h.eventually { try await h.scanState(marker).status == "running" })
+            try await Task.sleep(for: .milliseconds(300))
+            let state = try await h.scanState(scan)
+            #expect(state.status == "completed")
+            #expect(state.events == ["queued", "dispatched", "running", "completed"])
+        }
+    }
+
+    @Test("a report of an earlier attempt changes nothing of the current one")
+    func earlierAttempt() async throws {
+        try await WritersHarness.run("swattempt") { h in
+            let scan = try await h.dispatchedScan(attempt: 2)
+            try await h.publish(h.report(scan, .failed, attempt: 1, reason: "old runner died"))
+            try await h.publish(h.report(scan, .completed, attempt: 1, batches: 0))
+            try await h.publish(h.report(scan, .started, attempt: 2))
+            #expect(try await h.eventually { try await h.scanState(scan).status == "running" })
+            try await Task.sleep(for: .milliseconds(300))
+            let state = try await h.scanState(scan)
+            #expect(state.status == "running")
+            #expect(state.events == ["queued", "dispatched", "running"])
+        }
+    }
+
+    @Test("failed: the runner's reason on the scan, scan.failed in the outbox")
+    func failed() async throws {
+        try await WritersHarness.run("swfail") { h in
+            let scan = try await h.dispatchedScan()
+            try await h.publish(h.report(scan, .started))
+            try await h.publish(h.report(scan, .failed, reason: "archive_path_escape"))
+            #expect(try await h.eventually { try await h.scanState(scan).status == "failed" })
+            let row = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query(
+                    """
+                    SELECT s.failure_reason, (SELECT count(*) FROM outbox o WHERE o.routing_key = 'scan.failed'
+                                              AND o.correlation_id = \(scan.uuidString.lowercased()))
+                    FROM scans s WHERE s.id = \(scan)
+                    """
+                ).single()
+            }
+            #expect(try row.decode(String.self, at: 0) == "archive_path_escape")
+            #expect(try row.decode(Int.self, at: 1) == 1)
+        }
+    }
+
+    @Test("a forged token or another organization's scan: dead-lettered, the scan untouched")
+    func forged() async throws {
+        try await WritersHarness.run("swforge") { h in
+            let theirs = try await h.dispatchedScan(organization: h.other)
+            try await h.publish(h.report(theirs, .failed, organization: h.other, reason: "x", token: "v1.nope"))
+            try await h.publish(
+                h.report(
+                    theirs, .completed, organization: h.organization, batches: 0,
+                    token: h.token(theirs, organization: h.organization)))
+            let dead = try await h.deadLetters("cloudscan.status.ingest", count: 2)
+            #expect(dead.count == 2)
+            #expect(dead.map(\.1).contains { $0.contains("runner token does not match") }, "\(dead)")
+            #expect(dead.map(\.1).contains { $0.contains("does not exist in organization") }, "\(dead)")
+            #expect(try await h.scanState(theirs, organization: h.other).status == "dispatched")
+        }
+    }
+}
