@@ -1,0 +1,125 @@
+import CloudScanArchive
+import CloudScanTestSupport
+import Foundation
+import Testing
+
+/// Archives written by Python's tarfile/zipfile (Tests/clients/make_archives.py), good and malicious.
+@Suite("archive extraction")
+struct ArchiveExtractorTests {
+    /// A fresh directory holding the archives, and a sandbox whose `root/` is the extraction root.
+    static func withArchives(_ body: (_ archives: String, _ sandbox: String) throws -> Void) async throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("arch-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let (status, output) = try await runCommandCapturingOutput([
+            "python3", TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/make_archives.py").path,
+            base + "/archives",
+        ])
+        #expect(status == 0, "\(output)")
+        try FileManager.default.createDirectory(atPath: base + "/sandbox", withIntermediateDirectories: true)
+        try body(base + "/archives", base + "/sandbox")
+    }
+
+    /// Every path under `directory` (relative), following nothing.
+    static func tree(_ directory: String) -> Set<String> {
+        Set((FileManager.default.enumerator(atPath: directory)?.allObjects as? [String]) ?? [])
+    }
+
+    @Test("tar.gz and zip: files, directories, modes, links inside the root, long names")
+    func goodArchives() async throws {
+        try await Self.withArchives { archives, sandbox in
+            let root = sandbox + "/tar"
+            let summary = try ArchiveExtractor.extract(archive: archives + "/good.tar.gz", into: root)
+            #expect(summary.files == 5)
+            #expect(summary.symlinks == 1)
+            #expect(try String(contentsOfFile: root + "/src/copy.py", encoding: .utf8) == "print('hello')\n")
+            #expect(try FileManager.default.destinationOfSymbolicLink(atPath: root + "/src/link.py") == "app.py")
+            #expect(FileManager.default.isExecutableFile(atPath: root + "/src/run.sh"))
+            #expect(!FileManager.default.isExecutableFile(atPath: root + "/src/app.py"))
+            #expect(
+                FileManager.default.fileExists(
+                    atPath: root + "/deep/" + String(repeating: "d/", count: 40) + "leaf.txt"))
+
+            let zipRoot = sandbox + "/zip"
+            let zip = try ArchiveExtractor.extract(archive: archives + "/good.zip", into: zipRoot)
+            #expect(zip.files == 2)
+            #expect(
+                try String(contentsOfFile: zipRoot + "/src/app.py", encoding: .utf8)
+                    == String(repeating: "print('hello')\n", count: 50))
+            #expect(try FileManager.default.destinationOfSymbolicLink(atPath: zipRoot + "/src/link.py") == "app.py")
+            #expect(FileManager.default.fileExists(atPath: zipRoot + "/src/empty"))
+
+            let longRoot = sandbox + "/long"
+            _ = try ArchiveExtractor.extract(archive: archives + "/longname.tar.gz", into: longRoot)
+            #expect(
+                FileManager.default.fileExists(atPath: longRoot + "/dir/" + String(repeating: "n", count: 150) + ".txt")
+            )
+        }
+    }
+
+    @Test(
+        "malicious archives are refused with a clear reason, and nothing lands outside the root",
+        arguments: [
+            ("zip-slip.zip", ArchiveError.Reason.pathEscape),
+            ("absolute.tar.gz", .pathEscape),
+            ("dotdot.tar.gz", .pathEscape),
+            ("symlink-escape.tar.gz", .linkEscape),
+            ("symlink-absolute.tar.gz", .linkEscape),
+            ("symlink-chain.tar.gz", .linkEscape),
+            ("symlink-then-file.tar.gz", .linkEscape),
+            ("hardlink-escape.tar.gz", .linkEscape),
+            ("device.tar.gz", .specialFile),
+            ("fifo.tar.gz", .specialFile),
+            ("zip-bomb.zip", .compressionRatio),
+            ("gzip-bomb.tar.gz", .compressionRatio),
+            ("not-an-archive.bin", .unsupported),
+        ])
+    func refused(archive: String, reason: ArchiveError.Reason) async throws {
+        try await Self.withArchives { archives, sandbox in
+            let root = sandbox + "/root"
+            do {
+                _ = try ArchiveExtractor.extract(archive: archives + "/" + archive, into: root)
+                Issue.record("\(archive) was extracted")
+            } catch let error as ArchiveError {
+                #expect(error.reason == reason, "\(archive): \(error)")
+                #expect(!error.message.isEmpty)
+            }
+            // Only the root itself is in the sandbox; nothing escaped next to it or above it.
+            #expect(Self.tree(sandbox).allSatisfy { $0 == "root" || $0.hasPrefix("root/") }, "\(Self.tree(sandbox))")
+            for escaped in ["evil-zip-slip.txt", "evil-dotdot.txt"] {
+                #expect(!FileManager.default.fileExists(atPath: sandbox + "/../" + escaped))
+            }
+            #expect(!FileManager.default.fileExists(atPath: "/tmp/evil-absolute.txt"))
+            #expect(!FileManager.default.fileExists(atPath: "/tmp/evil-through-link.txt"))
+            // No link left behind that resolves outside.
+            for path in Self.tree(root) {
+                if let resolved = try? URL(fileURLWithPath: root + "/" + path).resolvingSymlinksInPath().path {
+                    let realRoot = URL(fileURLWithPath: root).resolvingSymlinksInPath().path
+                    #expect(resolved.hasPrefix(realRoot), "\(path) → \(resolved)")
+                }
+            }
+        }
+    }
+
+    @Test("caps on total size and file count")
+    func caps() async throws {
+        try await Self.withArchives { archives, sandbox in
+            do {
+                _ = try ArchiveExtractor.extract(
+                    archive: archives + "/many-files.tar.gz", into: sandbox + "/a", limits: .init(maximumFiles: 100))
+                Issue.record("300 files passed a cap of 100")
+            } catch let error as ArchiveError {
+                #expect(error.reason == .tooManyFiles)
+            }
+            do {
+                _ = try ArchiveExtractor.extract(
+                    archive: archives + "/good.zip", into: sandbox + "/b", limits: .init(maximumTotalBytes: 100))
+                Issue.record("750 bytes passed a cap of 100")
+            } catch let error as ArchiveError {
+                #expect(error.reason == .tooLarge)
+            }
+            // Under the caps the same archives extract.
+            let summary = try ArchiveExtractor.extract(archive: archives + "/many-files.tar.gz", into: sandbox + "/c")
+            #expect(summary.files == 300)
+        }
+    }
+}
