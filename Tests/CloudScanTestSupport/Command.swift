@@ -109,6 +109,14 @@ public final class BackgroundCommand: Sendable {
         self.pid = pid
     }
 
+    /// Waits for the command to exit by itself (on a thread of its own); the exit status.
+    public func wait() async -> Int32 {
+        let pid = self.pid
+        return await withCheckedContinuation { continuation in
+            onOwnThread { continuation.resume(returning: waitForExit(pid)) }
+        }
+    }
+
     /// Sends a signal and waits for the exit (on a thread of its own); the exit status.
     public func stop(_ signal: Int32 = SIGTERM) async -> Int32 {
         kill(pid, signal)

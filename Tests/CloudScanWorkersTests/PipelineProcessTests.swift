@@ -1,0 +1,190 @@
+import CloudScanAMQP
+import CloudScanCore
+import CloudScanPostgres
+import CloudScanTestSupport
+import CloudScanWorkers
+import Foundation
+import Testing
+
+/// The binaries: `cloudscan findings-writer` killed mid-flush, `cloudscan runner` over the sample
+/// repository, and a runner written in Python against the documented contract.
+@Suite("findings pipeline (processes)")
+struct PipelineProcessTests {
+    static let binary = TestDatabase.repositoryRoot.appendingPathComponent(".build/debug/cloudscan").path
+
+    static func environment(_ h: WritersHarness) -> [String: String] {
+        [
+            "DATABASE_URL":
+                "postgresql://\(TestDatabase.appUser):\(TestDatabase.appPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+            "DB_SCHEMA": h.db.schema, "AMQP_URL": h.brokerURL, "RUNNER_TOKEN_SECRET": WritersHarness.tokenSecret,
+            "TOPOLOGY_FILE": TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json").path,
+            "LOG_LEVEL": "info",
+        ]
+    }
+
+    static func waitForLog(_ path: String, _ text: String, seconds: Double = 30) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < deadline {
+            if let log = try? String(contentsOfFile: path, encoding: .utf8), log.contains(text) { return true }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return false
+    }
+
+    @Test(
+        "SIGKILL before COMMIT, then after COMMIT but before the ack: after a restart each finding exists exactly once")
+    func killedMidFlush() async throws {
+        try await WritersHarness.run("fwkill", writers: false) { h in
+            let scan = try await h.dispatchedScan()
+            for index in 0..<3 {
+                try await h.publish(
+                    h.batch(
+                        scan, index: index,
+                        findings: (index * 500..<(index + 1) * 500).map { WritersHarness.finding($0) }))
+            }
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fwkill-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            var environment = Self.environment(h)
+
+            // 1. Killed inside the transaction, before COMMIT: nothing was written.
+            environment["CLOUDSCAN_FAULT"] = "findings-writer:before-commit"
+            let log1 = directory.appendingPathComponent("1.log").path
+            let first = try BackgroundCommand(
+                [Self.binary, "findings-writer"], environment: environment, logFile: log1)
+            #expect(try await Self.waitForLog(log1, "paused at before-commit"))
+            #expect(await first.stop(SIGKILL) == 128 + SIGKILL)
+            #expect(try await h.findingsCount(scan) == 0, "the transaction died with the process")
+
+            // 2. Killed after COMMIT, before the ack: the rows are in, the messages come back.
+            environment["CLOUDSCAN_FAULT"] = "findings-writer:after-commit"
+            let log2 = directory.appendingPathComponent("2.log").path
+            let second = try BackgroundCommand(
+                [Self.binary, "findings-writer"], environment: environment, logFile: log2)
+            #expect(try await Self.waitForLog(log2, "paused at after-commit"))
+            let committed = try await h.findingsCount(scan)
+            #expect(committed > 0 && committed <= 1500)
+            #expect(await second.stop(SIGKILL) == 128 + SIGKILL)
+
+            // 3. A clean writer takes the redeliveries (and one more batch behind them).
+            environment["CLOUDSCAN_FAULT"] = nil
+            let log3 = directory.appendingPathComponent("3.log").path
+            let third = try BackgroundCommand(
+                [Self.binary, "findings-writer"], environment: environment, logFile: log3)
+            try await h.publish(h.batch(scan, index: 3, findings: [WritersHarness.finding(9999)]))
+            #expect(try await h.eventually(30) { try await h.findingsCount(scan) == 1501 })
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await h.findingsCount(scan) == 1501, "each finding exactly once")
+            #expect(try await h.scanState(scan).counted == 1501, "the counters counted each once")
+            let batches = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query("SELECT count(*) FROM scan_findings_batches WHERE scan_id = \(scan)").single().decode(
+                    Int.self, at: 0)
+            }
+            #expect(batches == 4)
+            #expect(await third.stop(SIGTERM) == 0, "SIGTERM drains and exits cleanly")
+        }
+    }
+
+    @Test("a runner written in Python (pika), following the documented contract: rows written, scan completed")
+    func outsideRunner() async throws {
+        try await WritersHarness.run("outside") { h in
+            let scan = try await h.dispatchedScan()
+            let root = TestDatabase.repositoryRoot
+            let (status, output) = try await runCommandCapturingOutput([
+                "/usr/bin/env", "CLOUDSCAN_RUNNER_TOKEN=\(h.token(scan))",
+                root.appendingPathComponent(".venv/bin/python").path,
+                root.appendingPathComponent("Tests/clients/outside_runner.py").path, h.brokerURL,
+                scan.uuidString.lowercased(), h.organization.uuidString.lowercased(), "1",
+                root.appendingPathComponent("topology/schemas").path,
+            ])
+            #expect(status == 0, "\(output)")
+            #expect(try await h.eventually { try await h.scanState(scan).status == "completed" })
+            let state = try await h.scanState(scan)
+            #expect(state.counted == 5)
+            #expect(state.events == ["queued", "dispatched", "running", "completed"])
+            #expect(try await h.findingsCount(scan) == 5)
+        }
+    }
+
+    @Test("cloudscan runner over the sample repository: started, findings by scanner, completed — end to end")
+    func runnerEndToEnd() async throws {
+        try await WritersHarness.run("runner") { h in
+            let scan = try await h.dispatchedScan(types: ["sast", "secrets", "iac", "sca"])
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("runner-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let root = TestDatabase.repositoryRoot
+            let archive = directory.appendingPathComponent("sample.tar.gz").path
+            #expect(
+                try await runCommand([
+                    "tar", "-czf", archive, "-C", root.appendingPathComponent("Tests/Fixtures/sample-repo").path, ".",
+                ]) == 0)
+            let sha = try await runCommandCapturingOutput(["sha256sum", archive]).output.prefix(64)
+            let log = directory.appendingPathComponent("runner.log").path
+            let runner = try BackgroundCommand(
+                [Self.binary, "runner"],
+                environment: [
+                    "CLOUDSCAN_SCAN_ID": scan.uuidString.lowercased(),
+                    "CLOUDSCAN_ORGANIZATION_ID": h.organization.uuidString.lowercased(), "CLOUDSCAN_ATTEMPT": "1",
+                    "CLOUDSCAN_SCAN_TYPES": "sast,secrets,iac,sca", "CLOUDSCAN_ARTIFACT_URL": "file://\(archive)",
+                    "CLOUDSCAN_ARTIFACT_SHA256": String(sha), "CLOUDSCAN_TIMEOUT_SECONDS": "600",
+                    "CLOUDSCAN_RUNNER_TOKEN": h.token(scan), "CLOUDSCAN_BROKER_URL": h.brokerURL,
+                    "CLOUDSCAN_SCANNER_CATALOG": root.appendingPathComponent("scanners/scanners.json").path,
+                    "CLOUDSCAN_OSV_DIR": root.appendingPathComponent("Tests/Fixtures/osv").path,
+                    "TMPDIR": directory.path, "PATH": "/usr/local/bin:/usr/bin:/bin",
+                ], logFile: log)
+            #expect(try await h.eventually(240) { try await h.scanState(scan).status == "completed" })
+            #expect(await runner.wait() == 0, "completed (exit 0)")
+            let perScanner = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query(
+                    "SELECT scanner, count(DISTINCT rule_id) FROM findings WHERE scan_id = \(scan) GROUP BY 1"
+                )
+                .map { (try $0.decode(String.self, at: 0), try $0.decode(Int.self, at: 1)) }
+            }
+            let counts = Dictionary(uniqueKeysWithValues: perScanner)
+            #expect(counts["semgrep"] == 8 && counts["bandit"] == 8 && counts["checkov"] == 17, "\(counts)")
+            #expect(counts["syft-osv"] == 3 && counts["gitleaks"] == 2 && counts["zizmor"] == 4, "\(counts)")
+            #expect(counts.count == 11, "every scanner's findings arrived: \(counts)")
+            let state = try await h.scanState(scan)
+            #expect(state.counted == (try await h.findingsCount(scan)))
+            #expect(state.events == ["queued", "dispatched", "running", "completed"])
+            let reason = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query("SELECT reason FROM scan_events WHERE scan_id = \(scan) AND to_status = 'completed'")
+                    .single().decode(String.self, at: 0)
+            }
+            #expect(reason == "completed", "every scanner ran and the advisory database was there")
+        }
+    }
+
+    @Test("cloudscan runner refuses a malicious archive: the scan fails with the archive's reason")
+    func runnerRefusesMaliciousArchive() async throws {
+        try await WritersHarness.run("runbad") { h in
+            let scan = try await h.dispatchedScan()
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("runbad-\(UUID().uuidString)")
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let (made, output) = try await runCommandCapturingOutput([
+                "python3", TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/make_archives.py").path,
+                directory.path,
+            ])
+            #expect(made == 0, "\(output)")
+            let runner = try BackgroundCommand(
+                [Self.binary, "runner"],
+                environment: [
+                    "CLOUDSCAN_SCAN_ID": scan.uuidString.lowercased(),
+                    "CLOUDSCAN_ORGANIZATION_ID": h.organization.uuidString.lowercased(), "CLOUDSCAN_ATTEMPT": "1",
+                    "CLOUDSCAN_SCAN_TYPES": "sast", "CLOUDSCAN_ARTIFACT_URL": "file://\(directory.path)/zip-slip.zip",
+                    "CLOUDSCAN_TIMEOUT_SECONDS": "60", "CLOUDSCAN_RUNNER_TOKEN": h.token(scan),
+                    "CLOUDSCAN_BROKER_URL": h.brokerURL, "TMPDIR": directory.path,
+                    "CLOUDSCAN_SCANNER_CATALOG":
+                        TestDatabase.repositoryRoot.appendingPathComponent("scanners/scanners.json").path,
+                ], logFile: directory.appendingPathComponent("runner.log").path)
+            #expect(try await h.eventually(60) { try await h.scanState(scan).status == "failed" })
+            #expect(await runner.wait() == 2, "failed and reported (exit 2)")
+            let reason = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query("SELECT failure_reason FROM scans WHERE id = \(scan)").single().decode(
+                    String.self, at: 0)
+            }
+            #expect(reason == "archive_path_escape")
+        }
+    }
+}
