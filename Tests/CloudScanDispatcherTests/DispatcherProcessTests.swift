@@ -17,10 +17,8 @@ struct DispatcherProcessTests {
     )
     func killedBetweenJobCreateAndAck() async throws {
         let vhost = "test-disp-\(UUID().uuidString.prefix(8).lowercased())"
-        #expect(try await TestBroker.rabbitmqctl(["add_vhost", vhost]) == 0)
-        #expect(
-            try await TestBroker.rabbitmqctl(["set_permissions", "-p", vhost, TestBroker.user, ".*", ".*", ".*"]) == 0)
-        defer { Task { _ = try? await TestBroker.rabbitmqctl(["delete_vhost", vhost]) } }
+        try await TestBroker.addVirtualHost(vhost)
+        defer { Task { await TestBroker.deleteVirtualHost(vhost) } }
         let broker = TestBroker.configuration(virtualHost: vhost)
         let topology = try AMQPTopology.load(
             from: TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json"))

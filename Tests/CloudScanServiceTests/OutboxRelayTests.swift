@@ -22,19 +22,8 @@ struct OutboxRelayTests {
 
     /// A fresh vhost with the fleet's topology.
     func withVirtualHost<R>(_ body: (AMQPConfiguration) async throws -> R) async throws -> R {
-        let vhost = "test-relay-\(UUID().uuidString.prefix(8).lowercased())"
-        #expect(try await TestBroker.rabbitmqctl(["add_vhost", vhost]) == 0)
-        #expect(
-            try await TestBroker.rabbitmqctl(["set_permissions", "-p", vhost, TestBroker.user, ".*", ".*", ".*"]) == 0)
-        let broker = TestBroker.configuration(virtualHost: vhost)
-        do {
-            #expect(try await Self.fleet.apply(broker: broker).isClean)
-            let result = try await body(broker)
-            _ = try await TestBroker.rabbitmqctl(["delete_vhost", vhost])
-            return result
-        } catch {
-            _ = try? await TestBroker.rabbitmqctl(["delete_vhost", vhost])
-            throw error
+        try await TestBroker.withFleetVirtualHost("relay", queues: ["cloudscan.dispatch"]) { broker, _ in
+            try await body(broker)
         }
     }
 

@@ -101,38 +101,86 @@ extension TestBroker {
     /// Runs `body` in a virtual host of its own with the fleet's real topology declared (so code
     /// using the fleet's exchange and queue names is isolated from every other test); deletes the
     /// virtual host afterwards. Returns the broker configuration and its `amqp://` URL.
+    ///
+    /// Only the work queues named in `queues` are declared (each expands to several quorum
+    /// queues, and a burst of hundreds of quorum queues stalls a broker on this disk), and at most
+    /// ``FleetVirtualHosts/limit`` such virtual hosts exist at once.
     public static func withFleetVirtualHost<R>(
-        _ prefix: String, _ body: (_ broker: AMQPConfiguration, _ url: String) async throws -> R
+        _ prefix: String, queues: Set<String>? = nil,
+        _ body: (_ broker: AMQPConfiguration, _ url: String) async throws -> R
     ) async throws -> R {
+        await FleetVirtualHosts.shared.acquire()
+        defer { Task { await FleetVirtualHosts.shared.release() } }
         let vhost = "test-\(prefix)-\(UUID().uuidString.prefix(8).lowercased())"
-        guard try await rabbitmqctl(["add_vhost", vhost]) == 0,
-            try await rabbitmqctl(["set_permissions", "-p", vhost, user, ".*", ".*", ".*"]) == 0
-        else { throw AMQPError(code: .protocolError, message: "could not create the virtual host \(vhost)") }
+        try await addVirtualHost(vhost)
         let broker = configuration(virtualHost: vhost)
         do {
-            let topology = try AMQPTopology.load(
+            var topology = try AMQPTopology.load(
                 from: TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json"))
-            _ = try await topology.apply(broker: broker)
+            if let queues { topology.workQueues = topology.workQueues.filter { queues.contains($0.name) } }
+            guard try await topology.apply(broker: broker).isClean else {
+                throw AMQPError(code: .protocolError, message: "the fleet topology did not apply cleanly in \(vhost)")
+            }
             let result = try await body(broker, "amqp://\(user):\(password)@\(host):\(port)/\(vhost)")
-            _ = try? await rabbitmqctl(["delete_vhost", vhost])
+            await deleteVirtualHost(vhost)
             return result
         } catch {
-            _ = try? await rabbitmqctl(["delete_vhost", vhost])
+            await deleteVirtualHost(vhost)
             throw error
         }
     }
 
-    /// Messages in a queue of a virtual host, read with `rabbitmqctl` (quorum counts lag acks by
-    /// seconds: poll).
-    public static func queueDepth(_ queue: String, virtualHost: String) async throws -> Int? {
-        let (status, output) = try await runCommandCapturingOutput([
-            "rabbitmqctl", "-n", "rabbit@localhost", "-q", "list_queues", "-p", virtualHost, "name", "messages",
-        ])
-        guard status == 0 else { return nil }
-        for line in output.split(separator: "\n") {
-            let parts = line.split(whereSeparator: { $0 == "\t" || $0 == " " })
-            if parts.count == 2, parts[0] == queue { return Int(parts[1]) }
+    /// The management API of the shared node (scripts/services enables it).
+    static let managementURL = environment["TEST_AMQP_MANAGEMENT_URL"] ?? "http://127.0.0.1:15672"
+
+    static func management(_ method: String, _ path: String, body: String? = nil) async throws -> (Int32, String) {
+        var arguments = [
+            "curl", "-s", "-u", "\(user):\(password)", "-X", method, "-w", "\n%{http_code}",
+            "\(managementURL)/api/\(path)",
+        ]
+        if let body { arguments += ["-H", "content-type: application/json", "-d", body] }
+        return try await runCommandCapturingOutput(arguments)
+    }
+
+    /// A virtual host with full permissions for the test user (through the management API: one
+    /// HTTP call, where rabbitmqctl boots an Erlang VM each time).
+    public static func addVirtualHost(_ vhost: String) async throws {
+        let (status, output) = try await management("PUT", "vhosts/\(vhost)")
+        let (status2, output2) = try await management(
+            "PUT", "permissions/\(vhost)/\(user)", body: #"{"configure":".*","write":".*","read":".*"}"#)
+        guard status == 0, status2 == 0, output.hasSuffix("201") || output.hasSuffix("204"),
+            output2.hasSuffix("201") || output2.hasSuffix("204")
+        else {
+            throw AMQPError(
+                code: .protocolError, message: "could not create the virtual host \(vhost): \(output) \(output2)")
         }
-        return nil
+    }
+
+    public static func deleteVirtualHost(_ vhost: String) async {
+        _ = try? await management("DELETE", "vhosts/\(vhost)")
+    }
+}
+
+/// Bounds how many tests hold a fleet virtual host at once.
+public actor FleetVirtualHosts {
+    public static let shared = FleetVirtualHosts()
+    public static let limit = Int(ProcessInfo.processInfo.environment["TEST_FLEET_VHOSTS"] ?? "") ?? 3
+    private var held = 0
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    public func acquire() async {
+        if held < Self.limit {
+            held += 1
+            return
+        }
+        await withCheckedContinuation { waiting.append($0) }
+    }
+
+    public func release() {
+        if waiting.isEmpty {
+            held -= 1
+        } else {
+            waiting.removeFirst().resume()
+        }
     }
 }
