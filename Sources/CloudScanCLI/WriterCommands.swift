@@ -42,7 +42,8 @@ struct WriterParts {
         }
         let statusConcurrency = try integer("STATUS_CONCURRENCY", 8)
         var database = database
-        database.maximumConnections = max(database.maximumConnections, statusConcurrency + 4)
+        database.maximumConnections = max(
+            database.maximumConnections, statusConcurrency + (try integer("FINDINGS_LANES", 2)) + 4)
         client = PostgresClient(configuration: database, logger: logger)
         let publisher = AMQPPublisher(
             configuration: .init(broker: broker, connectionName: "cloudscan-writers"), logger: logger)
@@ -50,20 +51,24 @@ struct WriterParts {
         var services: [any Service] = []
         if roles.contains(.findings) {
             let queue = "cloudscan.findings.ingest"
-            services.append(
-                FindingsWriter(
-                    consumer: AMQPConsumer(
-                        configuration: .init(
-                            broker: broker, queue: queue, prefetch: try integer("FINDINGS_PREFETCH", 64),
-                            connectionName: "cloudscan-findings-writer"),
-                        logger: logger),
-                    client: client,
-                    deadLetter: .init(publisher: publisher, exchange: Exchanges.deadLetter, routingKey: queue),
-                    tokens: tokens,
-                    configuration: Self.findingsConfiguration(
-                        maximumRows: try integer("FINDINGS_BATCH_ROWS", 5000),
-                        maximumDelayMS: try integer("FINDINGS_BATCH_DELAY_MS", 50), environment),
-                    logger: logger))
+            // Lanes: independent consumers (each its own channel, flush order and multiple acks),
+            // so one lane's COPY overlaps another's COMMIT.
+            for lane in 0..<(try integer("FINDINGS_LANES", 2)) {
+                services.append(
+                    FindingsWriter(
+                        consumer: AMQPConsumer(
+                            configuration: .init(
+                                broker: broker, queue: queue, prefetch: try integer("FINDINGS_PREFETCH", 64),
+                                connectionName: "cloudscan-findings-writer-\(lane)"),
+                            logger: logger),
+                        client: client,
+                        deadLetter: .init(publisher: publisher, exchange: Exchanges.deadLetter, routingKey: queue),
+                        tokens: tokens,
+                        configuration: Self.findingsConfiguration(
+                            maximumRows: try integer("FINDINGS_BATCH_ROWS", 5000),
+                            maximumDelayMS: try integer("FINDINGS_BATCH_DELAY_MS", 50), environment),
+                        logger: logger))
+            }
         }
         if roles.contains(.status) {
             let queue = "cloudscan.status.ingest"
@@ -108,7 +113,8 @@ struct FindingsWriterCommand: AsyncParsableCommand {
         commandName: "findings-writer",
         abstract: "Write runners' findings batches into PostgreSQL, exactly once (SIGTERM drains and exits).",
         discussion: """
-            Environment: RUNNER_TOKEN_SECRET (required), FINDINGS_PREFETCH (messages, default 64), \
+            Environment: RUNNER_TOKEN_SECRET (required), FINDINGS_LANES (consumers, default 2), \
+            FINDINGS_PREFETCH (messages per lane, default 64), \
             FINDINGS_BATCH_ROWS (default 5000), FINDINGS_BATCH_DELAY_MS (default 50).
             """)
 
