@@ -53,6 +53,7 @@ struct FindingsBench: AsyncParsableCommand {
 
     /// Each publisher plays one runner: its scan's findings in chunks of 500, confirmed.
     struct Publish: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "publish")
         @Option(name: .customLong("amqp-url")) var amqpURL: String
         @Option var organization: String
         @Option var scans: String
@@ -124,6 +125,7 @@ struct FindingsBench: AsyncParsableCommand {
 
     /// The same rows as a COPY text file for `psql \copy` (the baseline).
     struct CopyFile: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "copyfile")
         @Option var organization: String
         @Option(help: "scan_id@scan_created_at pairs, comma separated.") var scans: String
         @Option var total: Int = 1_000_000

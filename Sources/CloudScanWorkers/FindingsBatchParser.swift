@@ -27,6 +27,46 @@ public enum FindingsBatchParser {
         public var batchIndex: Int
         public var runnerToken: String
         public var findings: [Finding]
+
+        /// The batch as findings.batch.v1 JSON again (for a dead-letter copy).
+        public func jsonBody() -> [UInt8] {
+            var out = JSONText()
+            out.raw("{\"scan_id\":")
+            out.string(scanID.uuidString.lowercased())
+            out.raw(",\"organization_id\":")
+            out.string(organizationID.uuidString.lowercased())
+            out.raw(",\"attempt\":\(attempt),\"batch_index\":\(batchIndex),\"runner_token\":")
+            out.string(runnerToken)
+            out.raw(",\"findings\":[")
+            for (index, f) in findings.enumerated() {
+                if index > 0 { out.raw(",") }
+                out.raw("{\"scanner\":")
+                out.string(f.scanner)
+                out.raw(",\"rule_id\":")
+                out.string(f.ruleID)
+                out.raw(",\"severity\":")
+                out.string(f.severity.rawValue)
+                out.raw(",\"title\":")
+                out.string(f.title)
+                out.raw(",\"message\":")
+                out.string(f.message)
+                out.raw(",\"path\":")
+                out.string(f.path)
+                if let line = f.line { out.raw(",\"line\":\(line)") }
+                if let column = f.column { out.raw(",\"column\":\(column)") }
+                out.raw(",\"cwe\":[")
+                for (n, cwe) in f.cwe.enumerated() {
+                    if n > 0 { out.raw(",") }
+                    out.string(cwe)
+                }
+                out.raw("],\"fingerprint\":")
+                out.string(f.fingerprint)
+                if let raw = f.raw { out.raw(",\"raw\":" + raw) }
+                out.raw("}")
+            }
+            out.raw("]}")
+            return out.bytes
+        }
     }
 
     /// Who a batch says it is from.

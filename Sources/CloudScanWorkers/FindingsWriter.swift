@@ -153,7 +153,11 @@ public struct FindingsWriter: Service {
                 delivery: delivery, batch: nil,
                 refusal: "runner token does not match the scan, organization and attempt")
         }
-        return Item(delivery: delivery, batch: batch, refusal: nil)
+        // The parsed batch is what is kept: the body goes (it is rebuilt from the batch should the
+        // database refuse the message), which halves what a full prefetch holds in memory.
+        var kept = delivery
+        kept.message.body = []
+        return Item(delivery: kept, batch: batch, refusal: nil)
     }
 
     private func flushLoop(_ queue: ItemQueue) async {
@@ -418,6 +422,7 @@ public struct FindingsWriter: Service {
         for item in items {
             guard let reason = refused[ItemKey(item.delivery)] else { continue }
             var copy = item.delivery.message
+            if copy.body.isEmpty, let batch = item.batch { copy.body = batch.jsonBody() }
             copy.headers["x-cloudscan-reason"] = String(reason.prefix(1024))
             copy.headers["x-cloudscan-original-routing-key"] = item.delivery.routingKey
             try await deadLetter.publisher.publish(
