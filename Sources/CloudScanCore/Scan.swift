@@ -8,6 +8,18 @@ public struct SeverityCounts: Sendable, Hashable, Codable {
     public var low = 0
     public var info = 0
     public init() {}
+
+    enum CodingKeys: String, CodingKey { case critical, high, medium, low, info }
+
+    /// A missing severity counts 0 (status.report.v1 lets a runner send only the ones it has).
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        critical = try container.decodeIfPresent(Int.self, forKey: .critical) ?? 0
+        high = try container.decodeIfPresent(Int.self, forKey: .high) ?? 0
+        medium = try container.decodeIfPresent(Int.self, forKey: .medium) ?? 0
+        low = try container.decodeIfPresent(Int.self, forKey: .low) ?? 0
+        info = try container.decodeIfPresent(Int.self, forKey: .info) ?? 0
+    }
 }
 
 /// A scan as the API shows it.

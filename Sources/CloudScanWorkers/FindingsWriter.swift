@@ -126,10 +126,7 @@ public struct FindingsWriter: Service {
             batch = try FindingsBatchParser.parse(delivery.message.body)
         } catch {
             var item = Item(delivery: delivery, batch: nil, refusal: "invalid findings.batch.v1: \(error.reason)")
-            if let envelope = error.envelope,
-                delivery.message.headers[MessageHeaders.organizationID].map({ UUID(uuidString: $0) })
-                    ?? envelope.organizationID
-                    == envelope.organizationID,
+            if let envelope = error.envelope, delivery.organizationHeaderAgrees(with: envelope.organizationID),
                 tokens.verify(
                     envelope.runnerToken, scanID: envelope.scanID, organizationID: envelope.organizationID,
                     attempt: envelope.attempt)
@@ -138,9 +135,7 @@ public struct FindingsWriter: Service {
             }
             return item
         }
-        if let header = delivery.message.headers[MessageHeaders.organizationID],
-            UUID(uuidString: header) != batch.organizationID
-        {
+        if !delivery.organizationHeaderAgrees(with: batch.organizationID) {
             return Item(
                 delivery: delivery, batch: nil,
                 refusal: "x-organization-id does not match the body's organization_id")
@@ -519,5 +514,13 @@ final class ItemQueue: Sendable {
             state.rows -= taken
             return out
         }
+    }
+}
+
+extension AMQPDelivery {
+    /// The `x-organization-id` header, when present, names the body's organization.
+    func organizationHeaderAgrees(with organizationID: UUID) -> Bool {
+        guard let header = message.headers[MessageHeaders.organizationID] else { return true }
+        return UUID(uuidString: header) == organizationID
     }
 }

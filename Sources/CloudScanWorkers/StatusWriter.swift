@@ -35,6 +35,8 @@ public struct StatusWriter: Sendable {
         "scanners", "partial", "reason", "message",
     ]
 
+    static let scannerKeys: Set<String> = ["name", "outcome", "duration_ms", "findings", "reason"]
+
     /// Decodes and checks a report against status.report.v1; the reason names the field.
     public static func parse(_ body: [UInt8]) -> Result<StatusReportMessage, FindingsBatchParser.Invalid> {
         guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else {
@@ -42,6 +44,19 @@ public struct StatusWriter: Sendable {
         }
         if let unknown = object.keys.first(where: { !topLevelKeys.contains($0) }) {
             return .failure(.init(reason: "\(unknown): not a field of status.report.v1"))
+        }
+        // additionalProperties is false inside counts and each scanners item too.
+        if let counts = object["counts"] as? [String: Any],
+            let unknown = counts.keys.first(where: { !Severity.allCases.map(\.rawValue).contains($0) })
+        {
+            return .failure(.init(reason: "counts.\(unknown): not a severity"))
+        }
+        for (index, item) in ((object["scanners"] as? [Any]) ?? []).enumerated() {
+            if let scanner = item as? [String: Any],
+                let unknown = scanner.keys.first(where: { !scannerKeys.contains($0) })
+            {
+                return .failure(.init(reason: "scanners[\(index)].\(unknown): not a field of a scanner outcome"))
+            }
         }
         let report: StatusReportMessage
         do {
@@ -89,9 +104,7 @@ public struct StatusWriter: Sendable {
         case .failure(let invalid): return .deadLetter(reason: "invalid status.report.v1: \(invalid.reason)")
         case .success(let parsed): report = parsed
         }
-        if let header = delivery.message.headers[MessageHeaders.organizationID],
-            UUID(uuidString: header) != report.organizationID
-        {
+        if !delivery.organizationHeaderAgrees(with: report.organizationID) {
             return .deadLetter(reason: "x-organization-id does not match the body's organization_id")
         }
         guard

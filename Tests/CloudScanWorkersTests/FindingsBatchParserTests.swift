@@ -108,4 +108,40 @@ struct FindingsBatchParserTests {
         #expect(batch.findings[0].title == "a\u{FFFD}b")
         #expect(batch.findings[0].raw?.contains("\\u0000") == false)
     }
+
+    static func report(_ extra: String = "", kind: String = "completed") -> String {
+        #"{"scan_id":"\#(scan)","organization_id":"\#(org)","attempt":1,"kind":"\#(kind)","at":"2026-11-28T10:00:00.000Z","runner_token":"v1.t"\#(extra)}"#
+    }
+
+    static let statusCorpus: [String] = [
+        report(),
+        report(
+            #","findings_batches":2,"counts":{"high":1},"scanners":[{"name":"semgrep","outcome":"ok","duration_ms":5,"findings":1}],"partial":false"#
+        ),
+        report(kind: "exploded"),
+        report(#","counts":{"urgent":1}"#),
+        report(#","scanners":[{"name":"semgrep","outcome":"ok","color":"red"}]"#),
+        report(#","scanners":[{"name":"semgrep","outcome":"meh"}]"#),
+        report(#","findings_batches":-1"#),
+        report(#","surprise":1"#),
+        report(#","reason":"\#(String(repeating: "r", count: 257))""#),
+        #"{"scan_id":"\#(scan)","organization_id":"\#(org)","attempt":1,"kind":"started","at":"2026-11-28T10:00:00.000Z"}"#,
+    ]
+
+    @Test("the status writer's check and Python's jsonschema agree on every status report of the corpus")
+    func statusAgreesWithJSONSchema() async throws {
+        let (_, output) = try await validateMessages(
+            Self.statusCorpus.map { (MessageType.statusReport.rawValue, Data($0.utf8)) })
+        let verdicts = output.split(separator: "\n").map { $0.hasPrefix("ok") }
+        #expect(verdicts.count == Self.statusCorpus.count, "\(output.prefix(3000))")
+        #expect(verdicts.filter { $0 }.count == 2, "\(output)")
+        for (index, body) in Self.statusCorpus.enumerated() where index < verdicts.count {
+            let swift: Bool
+            switch StatusWriter.parse(Array(body.utf8)) {
+            case .success: swift = true
+            case .failure: swift = false
+            }
+            #expect(swift == verdicts[index], "report \(index) (\(body.prefix(200))): Python says \(verdicts[index])")
+        }
+    }
 }
