@@ -1,5 +1,5 @@
-/// Writes rows in COPY's text format (tab-separated, `\N` for NULL) and sends them to the server in
-/// chunks. Handed to the body of ``PostgresConnection/copyFrom(_:_:)``.
+/// Writes rows in COPY's text format (tab-separated, `\N` for NULL), or bytes of its binary format,
+/// and sends them to the server in chunks. Handed to the body of ``PostgresConnection/copyFrom(_:_:)``.
 public struct PostgresCopyWriter {
     private var buffer: [UInt8] = []
     private let send: ([UInt8]) throws -> Void
@@ -33,6 +33,14 @@ public struct PostgresCopyWriter {
     /// Writes bytes that are already in COPY's text format (whole rows, each ending in a newline).
     public mutating func writeRaw<Bytes: Sequence>(bytes: Bytes) throws where Bytes.Element == UInt8 {
         buffer.append(contentsOf: bytes)
+        if buffer.count >= Self.chunkSize { try flush() }
+    }
+
+    /// Appends bytes built in place — rows of `COPY … (FORMAT binary)`, whose header and trailer
+    /// are the caller's too — and sends a chunk once enough is buffered.
+    public mutating func writeBinary(rows: Int = 1, _ build: (inout [UInt8]) -> Void) throws {
+        build(&buffer)
+        rowsWritten += rows
         if buffer.count >= Self.chunkSize { try flush() }
     }
 

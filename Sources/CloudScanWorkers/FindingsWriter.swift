@@ -148,8 +148,8 @@ public struct FindingsWriter: Service {
                 delivery: delivery, batch: nil,
                 refusal: "runner token does not match the scan, organization and attempt")
         }
-        // The parsed batch is what is kept: the body goes (it is rebuilt from the batch should the
-        // database refuse the message), which halves what a full prefetch holds in memory.
+        // The batch holds the body (its findings point into it): the delivery's reference goes, so
+        // the bytes are held once.
         var kept = delivery
         kept.message.body = []
         return Item(delivery: kept, batch: batch, refusal: nil)
@@ -247,22 +247,24 @@ public struct FindingsWriter: Service {
                 ) ON COMMIT DELETE ROWS
                 """)
             // 1. Per organization, with its row-level security: which scans take these findings.
-            var accepted: [(item: Item, createdAt: Date)] = []
+            var accepted: [(item: Item, createdAt: Date, micros: Int64)] = []
             var refusedBatches: [UUID: [JSONValue]] = [:]
             for (organizationID, group) in byOrganization {
                 try await setOrganization(c, organizationID)
                 let ids = Array(Set(group.map { $0.batch?.scanID ?? $0.refusedEnvelope!.scanID }))
                 let scans = try await c.query(
                     """
-                    SELECT id, created_at, status, attempt FROM scans WHERE id = ANY(\(ids.map(\.uuidString))::uuid[])
+                    SELECT id, created_at, status, attempt, (extract(epoch FROM created_at) * 1000000)::int8
+                    FROM scans WHERE id = ANY(\(ids.map(\.uuidString))::uuid[])
                     """)
-                var found: [UUID: (createdAt: Date, status: ScanStatus, attempt: Int)] = [:]
+                var found: [UUID: (createdAt: Date, status: ScanStatus, attempt: Int, micros: Int64)] = [:]
                 for row in scans {
                     let id = try row.decode(UUID.self, at: 0)
                     found[id] = (
                         try row.decode(Date.self, at: 1),
                         ScanStatus(rawValue: try row.decode(String.self, at: 2)) ?? .failed,
-                        try row.decode(Int.self, at: 3)
+                        try row.decode(Int.self, at: 3),
+                        Int64(try row.decode(Int.self, at: 4))
                     )
                 }
                 for item in group {
@@ -291,33 +293,30 @@ public struct FindingsWriter: Service {
                         refused[ItemKey(item.delivery)] = "scan is \(scan.status.rawValue): it takes no findings"
                         continue
                     }
-                    accepted.append((item, scan.createdAt))
+                    accepted.append((item, scan.createdAt, scan.micros))
                 }
             }
             // 2. COPY every accepted row into the staging table.
             if accepted.contains(where: { $0.item.rows > 0 }) {
-                let payload = accepted
+                let payload = accepted.map { ($0.item.batch!, $0.micros) }
                 try await c.copyFrom(
                     """
                     COPY findings_staging (organization_id, scan_id, scan_created_at, scanner, rule_id, severity, title,
-                                           message, path, line, "column", cwe, fingerprint, raw) FROM STDIN
+                                           message, path, line, "column", cwe, fingerprint, raw) FROM STDIN (FORMAT binary)
                     """
                 ) { writer in
-                    for (item, createdAt) in payload {
-                        let batch = item.batch!
-                        for f in batch.findings {
-                            try writer.writeRow([
-                                batch.organizationID, batch.scanID, createdAt, f.scanner, f.ruleID, f.severity.rawValue,
-                                f.title, f.message, f.path, f.line.map(Int32.init), f.column.map(Int32.init), f.cwe,
-                                f.fingerprint, f.raw.map { PostgresJSONB(text: $0) },
-                            ])
+                    try writer.writeBinary(rows: 0) { $0.append(contentsOf: FindingsCopyRows.header) }
+                    for (batch, micros) in payload {
+                        try writer.writeBinary(rows: batch.findings.count) {
+                            FindingsCopyRows.append(batch, createdAt: micros, to: &$0)
                         }
                     }
+                    try writer.writeBinary(rows: 0) { $0.append(contentsOf: FindingsCopyRows.trailer) }
                 }
             }
             // 3. Per organization: insert what is new, count it on the scans, record the batches.
             var inserted = 0
-            var acceptedByOrganization: [UUID: [(item: Item, createdAt: Date)]] = [:]
+            var acceptedByOrganization: [UUID: [(item: Item, createdAt: Date, micros: Int64)]] = [:]
             for entry in accepted {
                 acceptedByOrganization[entry.item.batch!.organizationID, default: []].append(entry)
             }

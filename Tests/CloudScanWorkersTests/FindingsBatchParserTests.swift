@@ -70,7 +70,54 @@ struct FindingsBatchParserTests {
             + Array(repeating: good, count: 501).joined(separator: ",") + "]}",
         "{\"scan_id\":\"\(scan)\",\"organization_id\":\"\(org)\",\"attempt\":1,\"batch_index\":0,\"runner_token\":\"t\",\"findings\":{}}",
         "[]",
+        // Escapes, non-ASCII, surrogate pairs and unpaired ones, whitespace: valid.
+        document(
+            finding:
+                #"{ "scanner" : "s\u00e9" ,"rule_id":"r","severity":"low","title":"t\t\"q\" \\ \/ 😀 \ud83d\ude00 \ud800","fingerprint":"f","raw":{"k":"\u0000","l":"\udc00","m":[{}]}}"#
+        ),
+        // Integers written as 1.0 or 1e2 are integers to JSON Schema; the bound is PostgreSQL's integer.
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","line":1.0}"#),
+        document(
+            finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","column":1e2}"#),
+        document(
+            finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","line":2147483648}"#),
+        document(
+            finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","line":1e400}"#),
+        // Lengths count code points: 1000 two-byte characters fit a title, 1001 do not.
+        document(
+            finding:
+                #"{"scanner":"s","rule_id":"r","severity":"low","title":"\#(String(repeating: "é", count: 1000))","fingerprint":"f"}"#
+        ),
+        document(
+            finding:
+                #"{"scanner":"s","rule_id":"r","severity":"low","title":"\#(String(repeating: "é", count: 1001))","fingerprint":"f"}"#
+        ),
+        document(
+            finding:
+                #"{"scanner":"s","rule_id":"r","severity":"low","title":"\#(String(repeating: "\\u00e9", count: 1001))","fingerprint":"f"}"#
+        ),
+        // A key given twice: the last one counts.
+        document(
+            finding: #"{"scanner":"","scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f"}"#),
+        document(
+            finding: #"{"scanner":"s","scanner":"","rule_id":"r","severity":"low","title":"t","fingerprint":"f"}"#),
+        document(
+            finding:
+                #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","cwe":["x"],"cwe":["CWE-1"]}"#
+        ),
+        "{\"scan_id\":\"\(scan)\",\"organization_id\":\"\(org)\",\"attempt\":1,\"batch_index\":0,\"runner_token\":\"t\",\"findings\":[{}],\"findings\":[\(good)]}",
+        // Not JSON: a trailing comma, a leading zero, a raw control character, a bad escape, cut short.
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f",}"#),
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"t","fingerprint":"f","line":01}"#),
+        document(
+            finding:
+                "{\"scanner\":\"s\",\"rule_id\":\"r\",\"severity\":\"low\",\"title\":\"a\tb\",\"fingerprint\":\"f\"}"),
+        document(finding: #"{"scanner":"s","rule_id":"r","severity":"low","title":"\x41","fingerprint":"f"}"#),
+        String(document(finding: good).dropLast()),
     ]
+
+    /// How many documents of the corpus are valid.
+    static let validDocuments = 9
 
     @Test("the writer's check and Python's jsonschema agree on every document of the corpus")
     func agreesWithJSONSchema() async throws {
@@ -78,7 +125,7 @@ struct FindingsBatchParserTests {
             Self.corpus.map { (MessageType.findingsBatch.rawValue, Data($0.utf8)) })
         let verdicts = output.split(separator: "\n").map { $0.hasPrefix("ok") }
         #expect(verdicts.count == Self.corpus.count, "\(output.prefix(3000))")
-        #expect(verdicts.filter { $0 }.count == 2, "the corpus has two valid documents: \(output)")
+        #expect(verdicts.filter { $0 }.count == Self.validDocuments, "valid documents of the corpus: \(output)")
         for (index, body) in Self.corpus.enumerated() where index < verdicts.count {
             let swift: Bool
             do {
@@ -105,8 +152,36 @@ struct FindingsBatchParserTests {
                 #"{"scanner":"s","rule_id":"r","severity":"low","title":"a\u0000b","fingerprint":"f","raw":{"k":"x\u0000y"}}"#
         )
         let batch = try FindingsBatchParser.parse(Array(withNUL.utf8))
-        #expect(batch.findings[0].title == "a\u{FFFD}b")
-        #expect(batch.findings[0].raw?.contains("\\u0000") == false)
+        #expect(batch.text(batch.findings[0].title) == "a\u{FFFD}b")
+        #expect(batch.findings[0].raw.map { batch.text($0) } == #"{"k":"x\ufffdy"}"#)
+        do {
+            _ = try FindingsBatchParser.parse(Array(Self.corpus.last!.utf8))
+            Issue.record("a document cut short passed")
+        } catch {
+            #expect(error.reason == "not JSON" && error.envelope == nil)
+        }
+    }
+
+    @Test("the values come out as sent: decoded escapes, spans into the body, CWE lists, absent fields")
+    func values() throws {
+        let raw = #"{"ruleId":"x", "text":"a\\u0000b", "list":[1, 2.5e3, null, false]}"#
+        let body = Self.document(
+            finding:
+                #"{"scanner":"semgrep","rule_id":"r\u00e9","severity":"critical","title":"caf\u00e9 \ud83d\ude00 \"x\"","message":"m\nn","path":"a/ä.py","line":12,"column":0,"cwe":["CWE-79","CWE-1"],"fingerprint":"f1","raw":\#(raw)},"#
+                + #"{"scanner":"s","rule_id":"r","severity":"info","title":"t","fingerprint":"f2"}"#)
+        let batch = try FindingsBatchParser.parse(Array(body.utf8))
+        #expect(batch.scanID.uuidString.lowercased() == Self.scan && batch.attempt == 1 && batch.runnerToken == "v1.t")
+        try #require(batch.findings.count == 2)
+        let (a, b) = (batch.findings[0], batch.findings[1])
+        #expect(batch.text(a.scanner) == "semgrep" && batch.text(a.ruleID) == "ré" && a.severity == .critical)
+        #expect(
+            batch.text(a.title) == "café 😀 \"x\"" && batch.text(a.message) == "m\nn" && batch.text(a.path) == "a/ä.py")
+        #expect(a.line == 12 && a.column == 0 && batch.cwe(of: a) == ["CWE-79", "CWE-1"])
+        #expect(batch.text(a.fingerprint) == "f1")
+        #expect(a.raw.map { batch.text($0) } == raw, "raw is kept as it came (an escaped backslash is not an escape)")
+        #expect(batch.text(b.message) == "" && batch.text(b.path) == "" && b.line == nil && b.column == nil)
+        #expect(batch.cwe(of: b).isEmpty && b.raw == nil)
+        #expect(batch.jsonBody() == Array(body.utf8))
     }
 
     static func report(_ extra: String = "", kind: String = "completed") -> String {

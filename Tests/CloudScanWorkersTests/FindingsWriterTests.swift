@@ -82,6 +82,71 @@ struct FindingsWriterTests {
         }
     }
 
+    @Test(
+        "every field is stored as sent: escapes, non-ASCII, CWE lists, absent and zero numbers, raw as jsonb (\\u0000 and unpaired surrogates → U+FFFD); a refused message is dead-lettered byte for byte"
+    )
+    func fieldsAsSent() async throws {
+        try await WritersHarness.run("fwfields") { h in
+            let scan = try await h.dispatchedScan()
+            let envelope =
+                #""scan_id":"\#(scan.uuidString.lowercased())","organization_id":"\#(h.organization.uuidString.lowercased())","attempt":1,"batch_index":0,"runner_token":"\#(h.token(scan))""#
+            let findings = [
+                #"{"scanner":"semgrep","rule_id":"r\u00e9gle","severity":"critical","title":"Tab\there \"quoted\" back\\slash caf\u00e9 😀 \ud83d\ude00 nul\u0000 lone\ud800","message":"line1\nline2\r\/","path":"src/ä/b.py","line":0,"column":7,"cwe":["CWE-79","CWE-89"],"fingerprint":"fp-1","raw":{"b":[1,2.5,null,true,{"x":"\u0000"}],"a":"\\u0000 kept","s":"\udc00"}}"#,
+                #"{"scanner":"s","rule_id":"r","severity":"info","title":"minimal","fingerprint":"fp-2"}"#,
+                #"{ "scanner" : "s" , "rule_id":"r","severity":"low","title":"empty cwe","fingerprint":"fp-3","cwe":[],"message":"","path":"","line":2147483647}"#,
+            ]
+            let body = Array("{\(envelope),\"findings\":[\(findings.joined(separator: ",\n"))]}".utf8)
+            try await h.publish(h.batch(scan, index: 0, findings: []), body: body)
+            #expect(try await h.eventually { try await h.findingsCount(scan) == 3 })
+            let rows = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query(
+                    """
+                    SELECT fingerprint, scanner, rule_id, severity, title, message, path, line, "column", cwe,
+                           raw = '{"a":"\\\\u0000 kept","b":[1,2.5,null,true,{"x":"\\ufffd"}],"s":"\\ufffd"}'::jsonb,
+                           raw IS NULL
+                    FROM findings WHERE scan_id = \(scan) ORDER BY fingerprint
+                    """
+                ).map { row in
+                    (
+                        try row.decode(String.self, at: 0), try row.decode(String.self, at: 1),
+                        try row.decode(String.self, at: 2), try row.decode(String.self, at: 3),
+                        try row.decode(String.self, at: 4), try row.decode(String.self, at: 5),
+                        try row.decode(String.self, at: 6), try row.decode(Int?.self, at: 7),
+                        try row.decode(Int?.self, at: 8), try row.decode([String].self, at: 9),
+                        try row.decode(Bool?.self, at: 10), try row.decode(Bool.self, at: 11)
+                    )
+                }
+            }
+            try #require(rows.count == 3)
+            let first = rows[0]
+            #expect(first.0 == "fp-1" && first.1 == "semgrep" && first.2 == "régle" && first.3 == "critical")
+            #expect(first.4 == "Tab\there \"quoted\" back\\slash café 😀 😀 nul\u{FFFD} lone\u{FFFD}", "\(first.4)")
+            #expect(first.5 == "line1\nline2\r/" && first.6 == "src/ä/b.py")
+            #expect(first.7 == 0 && first.8 == 7 && first.9 == ["CWE-79", "CWE-89"])
+            #expect(first.10 == true, "raw as jsonb, with what jsonb refuses replaced and an escaped backslash kept")
+            let second = rows[1]
+            #expect(second.0 == "fp-2" && second.4 == "minimal" && second.5 == "" && second.6 == "")
+            #expect(second.7 == nil && second.8 == nil && second.9 == [] && second.11)
+            let third = rows[2]
+            #expect(third.0 == "fp-3" && third.1 == "s" && third.3 == "low" && third.7 == 2_147_483_647)
+            #expect(third.8 == nil && third.9 == [] && third.11)
+            let state = try await h.scanState(scan)
+            #expect(state.counted == 3)
+            // A message refused after parsing (its scan is not this organization's) goes to the
+            // dead-letter queue exactly as it came.
+            let stranger = UUID()
+            let refused = Array(
+                String(decoding: body, as: UTF8.self).replacingOccurrences(
+                    of: scan.uuidString.lowercased(), with: stranger.uuidString.lowercased()
+                ).replacingOccurrences(of: h.token(scan), with: h.token(stranger)).utf8)
+            try await h.publish(h.batch(stranger, index: 0, findings: []), body: refused)
+            let dead = try await h.deadLetters("cloudscan.findings.ingest", count: 1)
+            try #require(dead.count == 1)
+            #expect(dead[0].1.contains("does not exist"), "\(dead[0].1)")
+            #expect(dead[0].2 == refused, "the dead letter carries the body as received")
+        }
+    }
+
     @Test("the runner's completed report and its findings batches: whichever comes last completes the scan")
     func completionJoin() async throws {
         try await WritersHarness.run("fwjoin") { h in

@@ -214,18 +214,23 @@ struct WritersHarness {
         return try await condition()
     }
 
-    /// Reads up to `count` dead letters of a work queue (`<queue>.dead`): (message id, reason).
-    func deadLetters(_ queue: String, count: Int, within seconds: Double = 15) async throws -> [(String, String)] {
+    /// Reads up to `count` dead letters of a work queue (`<queue>.dead`): (message id, reason, body).
+    func deadLetters(_ queue: String, count: Int, within seconds: Double = 15) async throws -> [(
+        String, String, [UInt8]
+    )] {
         let consumer = AMQPConsumer(
             configuration: .init(broker: broker, queue: "\(queue).dead", prefetch: 50),
             logger: TestDatabase.logger("dead"))
-        var out: [(String, String)] = []
+        var out: [(String, String, [UInt8])] = []
         let deadline = ContinuousClock.now + .seconds(seconds)
-        let reader = Task { () -> [(String, String)] in
-            var collected: [(String, String)] = []
+        let reader = Task { () -> [(String, String, [UInt8])] in
+            var collected: [(String, String, [UInt8])] = []
             for await delivery in consumer.deliveries {
                 collected.append(
-                    (delivery.message.messageID ?? "-", delivery.message.headers["x-cloudscan-reason"] ?? "-"))
+                    (
+                        delivery.message.messageID ?? "-", delivery.message.headers["x-cloudscan-reason"] ?? "-",
+                        delivery.message.body
+                    ))
                 try await consumer.ack(delivery)
                 if collected.count >= count { break }
             }
