@@ -134,6 +134,7 @@ struct DispatcherTests {
             try await h.eventually("3 of the busy organization's are dispatched") { try await dispatchedCount() == 3 }
             try await Task.sleep(for: .seconds(3))  // several delay rounds: still no more than the quota
             #expect(try await dispatchedCount() == 3)
+            try await h.eventually("their Jobs made") { await h.jobNames().count == 3 + 5 }
             #expect(await h.jobNames().count == 3 + 5)
             // Two finish (as the status writer would record): two more get a runner.
             try await h.app.withTransaction(organizationID: h.organization) { c in
@@ -144,6 +145,8 @@ struct DispatcherTests {
                     """)
             }
             try await h.eventually("two more dispatched after two finished") { try await dispatchedCount() == 3 }
+            // The move to dispatched commits before the Job is made: wait for the Jobs too.
+            try await h.eventually("their Jobs made") { await h.jobNames().count == 5 + 5 }
             #expect(await h.jobNames().count == 5 + 5)
             let queued = try await h.app.withTransaction(organizationID: h.organization) { c in
                 try await c.query("SELECT count(*) FROM scans WHERE status = 'queued'").single().decode(Int.self, at: 0)

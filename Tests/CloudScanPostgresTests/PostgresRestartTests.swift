@@ -3,8 +3,8 @@ import CloudScanTestSupport
 import Foundation
 import Testing
 
-/// Restarts the chaos cluster (port 5433), which no other test uses.
-@Suite("PostgresClient across a server restart (chaos cluster)", .serialized)
+/// Restarts the chaos cluster (port 5433), which only tests holding its lock use.
+@Suite("PostgresClient across a server restart (chaos cluster)", .serialized, .chaosCluster)
 struct PostgresRestartTests {
     @Test("the pool reconnects after `pg_ctlcluster … restart -m immediate`")
     func reconnectAfterImmediateRestart() async throws {

@@ -61,14 +61,18 @@ public enum TestBroker {
     public static func logger(_ label: String) -> Logger { TestDatabase.logger(label) }
 }
 
-/// Serializes tests that kill, pause or restart the chaos RabbitMQ node, across suites and targets
-/// (Swift Testing runs suites in parallel within one process).
+/// Serializes tests that kill, pause or restart a chaos server — the RabbitMQ node or the
+/// PostgreSQL cluster — across suites and targets (Swift Testing runs suites in parallel within one
+/// process).
 public actor ChaosNodeLock {
+    /// The chaos RabbitMQ node's.
     public static let shared = ChaosNodeLock()
+    /// The chaos PostgreSQL cluster's.
+    public static let postgres = ChaosNodeLock()
     private var busy = false
     private var waiters: [CheckedContinuation<Void, Never>] = []
 
-    /// Runs `body` while no other chaos test runs.
+    /// Runs `body` while no other chaos test of this server runs.
     public func exclusive<R: Sendable>(_ body: @Sendable () async throws -> R) async rethrows -> R {
         if busy {
             await withCheckedContinuation { waiters.append($0) }
@@ -81,20 +85,24 @@ public actor ChaosNodeLock {
     }
 }
 
-/// `.chaosNode`: the test (or every test of the suite) holds ``ChaosNodeLock`` while it runs.
+/// `.chaosNode` / `.chaosCluster`: the test (or every test of the suite) holds that server's
+/// ``ChaosNodeLock`` while it runs.
 public struct ChaosNodeTrait: TestTrait, SuiteTrait, TestScoping {
+    let lock: ChaosNodeLock
     public var isRecursive: Bool { true }
     public func provideScope(
         for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
     ) async throws {
         guard testCase != nil else { return try await function() }  // lock per test, not per suite
-        try await ChaosNodeLock.shared.exclusive { try await function() }
+        try await lock.exclusive { try await function() }
     }
 }
 
 extension Trait where Self == ChaosNodeTrait {
     /// Uses the chaos RabbitMQ node, which it may kill or pause.
-    public static var chaosNode: Self { ChaosNodeTrait() }
+    public static var chaosNode: Self { ChaosNodeTrait(lock: .shared) }
+    /// Uses the chaos PostgreSQL cluster (``TestDatabase/chaosPort``), which it may stop or restart.
+    public static var chaosCluster: Self { ChaosNodeTrait(lock: .postgres) }
 }
 
 extension TestBroker {

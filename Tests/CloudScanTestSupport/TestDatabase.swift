@@ -9,9 +9,14 @@ import Logging
 public struct TestDatabase: Sendable {
     /// The schema's name (unique per test).
     public let schema: String
+    /// The cluster's port: the shared one, or ``chaosPort``.
+    public let port: Int
 
-    /// A handle on an existing schema (e.g. `public`); ``withSchema(_:migrated:_:)`` makes fresh ones.
-    public init(schema: String) { self.schema = schema }
+    /// A handle on an existing schema (e.g. `public`); ``withSchema(_:migrated:port:_:)`` makes fresh ones.
+    public init(schema: String, port: Int = TestDatabase.port) {
+        self.schema = schema
+        self.port = port
+    }
 
     public static let environment = ProcessInfo.processInfo.environment
     public static let host = environment["TEST_PG_HOST"] ?? "127.0.0.1"
@@ -35,10 +40,10 @@ public struct TestDatabase: Sendable {
     }
 
     /// Settings for the schema-owning role (migrations, fixtures).
-    public func ownerConfiguration(maximumConnections: Int = 4, port: Int = TestDatabase.port) -> PostgresConfiguration
-    {
+    public func ownerConfiguration(maximumConnections: Int = 4, port: Int? = nil) -> PostgresConfiguration {
         PostgresConfiguration(
-            host: Self.host, port: port, database: Self.database, user: Self.ownerUser, password: Self.ownerPassword,
+            host: Self.host, port: port ?? self.port, database: Self.database, user: Self.ownerUser,
+            password: Self.ownerPassword,
             applicationName: "cloudscan-test", connectTimeoutSeconds: 5, searchPath: schema,
             maximumConnections: maximumConnections)
     }
@@ -46,7 +51,7 @@ public struct TestDatabase: Sendable {
     /// Settings for the role the services use (row-level security applies to it).
     public func appConfiguration(maximumConnections: Int = 4) -> PostgresConfiguration {
         PostgresConfiguration(
-            host: Self.host, port: Self.port, database: Self.database, user: Self.appUser, password: Self.appPassword,
+            host: Self.host, port: port, database: Self.database, user: Self.appUser, password: Self.appPassword,
             applicationName: "cloudscan-test-app", connectTimeoutSeconds: 5, searchPath: schema,
             maximumConnections: maximumConnections)
     }
@@ -56,12 +61,14 @@ public struct TestDatabase: Sendable {
         try Migration.load(directory: repositoryRoot.appendingPathComponent("Migrations"))
     }
 
-    /// Creates a fresh schema, runs `body` with it, and drops it afterwards.
+    /// Creates a fresh schema (on the shared cluster unless `port` says otherwise), runs `body`
+    /// with it, and drops it afterwards.
     public static func withSchema<R>(
-        _ prefix: String = "t", migrated: Bool = false, _ body: (TestDatabase) async throws -> R
+        _ prefix: String = "t", migrated: Bool = false, port: Int = TestDatabase.port,
+        _ body: (TestDatabase) async throws -> R
     ) async throws -> R {
         let name = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
-        let database = TestDatabase(schema: name)
+        let database = TestDatabase(schema: name, port: port)
         let admin = PostgresClient(
             configuration: database.ownerConfiguration(maximumConnections: 1), logger: logger("test"))
         try await admin.execute("CREATE SCHEMA \(identifier: name)")

@@ -147,6 +147,41 @@ struct FindingsWriterTests {
         }
     }
 
+    @Test(
+        "PostgreSQL down mid-stream: the writer keeps its flush and retries with backoff, dead-letters nothing; after the restart every finding is in, once",
+        .chaosCluster)
+    func databaseOutage() async throws {
+        try await WritersHarness.run("fwpgdown", postgresPort: TestDatabase.chaosPort) { h in
+            let scan = try await h.dispatchedScan()
+            try await h.publish(h.batch(scan, index: 0, findings: (0..<50).map { WritersHarness.finding($0) }))
+            #expect(try await h.eventually { try await h.findingsCount(scan) == 50 })
+            let writer = try #require(h.findingsWriter)
+            let retriesBefore = writer.statistics.retries
+            #expect(try await runCommand(["pg_ctlcluster", "15", "chaos", "stop", "-m", "immediate"]) == 0)
+            var sawRetries = false
+            do {
+                for index in 1...6 {
+                    let rows = (index * 50..<(index + 1) * 50).map { WritersHarness.finding($0) }
+                    try await h.publish(h.batch(scan, index: index, findings: rows))
+                }
+                sawRetries = try await h.eventually(20) { writer.statistics.retries >= retriesBefore + 3 }
+                try await Task.sleep(for: .seconds(1))
+            } catch {
+                _ = try? await runCommand(["pg_ctlcluster", "15", "chaos", "start"])
+                throw error
+            }
+            #expect(sawRetries, "the writer's flushes failed while PostgreSQL was down, and were retried")
+            #expect(writer.statistics.deadLettered == 0, "an outage is not the messages' fault")
+            #expect(try await runCommand(["pg_ctlcluster", "15", "chaos", "start"]) == 0)
+            #expect(try await h.eventually(40) { (try? await h.findingsCount(scan)) == 350 })
+            #expect(try await h.findingsCount(scan) == 350)
+            #expect(try await h.scanState(scan).counted == 350, "the counters count each finding once")
+            let dead = try await h.deadLetters("cloudscan.findings.ingest", count: 1, within: 3)
+            #expect(dead.isEmpty, "nothing was dead-lettered: \(dead.map(\.1))")
+            #expect(writer.statistics.deadLettered == 0)
+        }
+    }
+
     @Test("the runner's completed report and its findings batches: whichever comes last completes the scan")
     func completionJoin() async throws {
         try await WritersHarness.run("fwjoin") { h in

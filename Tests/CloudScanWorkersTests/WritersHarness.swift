@@ -29,12 +29,12 @@ struct WritersHarness {
 
     static func run(
         _ prefix: String, writers: Bool = true, maximumDelay: Duration = .milliseconds(20),
-        _ body: (WritersHarness) async throws -> Void
+        postgresPort: Int = TestDatabase.port, _ body: (WritersHarness) async throws -> Void
     ) async throws {
         try await TestBroker.withFleetVirtualHost(
             prefix, queues: ["cloudscan.findings.ingest", "cloudscan.status.ingest"]
         ) { broker, url in
-            try await TestDatabase.withSchema(prefix, migrated: true) { db in
+            try await TestDatabase.withSchema(prefix, migrated: true, port: postgresPort) { db in
                 try await TestDatabase.withClient(db.appConfiguration(maximumConnections: 12)) { app in
                     let (org, project) = try await TestDatabase.seedOrganization(app)
                     let (other, otherProject) = try await TestDatabase.seedOrganization(app, projectKey: "proj-other")
