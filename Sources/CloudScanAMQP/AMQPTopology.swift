@@ -195,6 +195,33 @@ public struct AMQPTopology: Sendable, Codable, Hashable {
         }
     }
 
+    /// Messages ready in each work queue and its dead-letter queue (passive declares: a queue that
+    /// does not exist is left out), for `cloudscan_queue_depth`.
+    public func depths(broker: AMQPConfiguration) async throws -> [String: Int] {
+        let names = workQueues.flatMap { [$0.name, "\($0.name).dead"] }
+        return try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(
+                    with: Result {
+                        var depths: [String: Int] = [:]
+                        for name in names {
+                            // A failed passive declare closes the channel: one session per queue
+                            // is the simple way to keep going (a handful of queues).
+                            guard let session = try? AMQPSession(broker, connectionName: "cloudscan-queue-depth")
+                            else { throw AMQPError(code: .connectionFailed, message: "cannot reach the broker") }
+                            defer { session.close() }
+                            if let counts = try? session.declareQueue(
+                                name: name, durable: true, passive: true, arguments: [])
+                            {
+                                depths[name] = counts.messages
+                            }
+                        }
+                        return depths
+                    })
+            }
+        }
+    }
+
     /// Deletes every queue and exchange of this topology (test teardown, decommissioning).
     public func delete(broker: AMQPConfiguration) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CloudScanAMQP
+import CloudScanDispatcher
 import CloudScanPostgres
 import CloudScanStore
 import Foundation
@@ -57,15 +58,21 @@ struct Dev: AsyncParsableCommand {
             roles: [.findings, .status], database: configuration, broker: broker, topology: loadedTopology,
             tokens: try runnerTokenMinter(ProcessInfo.processInfo.environment, development: true, logger: logger),
             logger: logger)
+        // The sweeper reconciles the local runners (they live in this process) with their scans.
+        let sweeperClient = PostgresClient(configuration: configuration, logger: logger)
+        let sweeper = Sweeper(
+            client: sweeperClient, inventory: dispatcher.localBackend!,
+            configuration: try SweeperSettings.configuration(ProcessInfo.processInfo.environment), logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: api.services + dispatcher.services + writers.services,
+                services: api.services + dispatcher.services + writers.services + [sweeper],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.notice(
-            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999; relay, dispatcher (local runners), findings and status writers running"
+            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999; relay, dispatcher (local runners), findings and status writers, sweeper running"
         )
         try await group.run()
         await writers.close()
+        await sweeperClient.shutdown()
         await dispatcher.close()
         await api.close()
     }

@@ -67,6 +67,8 @@ public final class LocalProcessBackend: JobBackend {
         var waiting: [RunnerAssignment] = []
         /// Attempts that ended (or were stopped before they began): starting them again does nothing.
         var finished: Set<String> = []
+        /// How each ended, until the sweeper removes it (``RunnerInventory``).
+        var ended: [String: RunnerRecord] = [:]
     }
 
     public let configuration: Configuration
@@ -106,7 +108,9 @@ public final class LocalProcessBackend: JobBackend {
         let (pid, waiting): (pid_t?, RunnerAssignment?) = state.withLock { state in
             if let index = state.waiting.firstIndex(where: { Self.key($0.scanID, $0.attempt) == key }) {
                 state.finished.insert(key)
-                return (nil, state.waiting.remove(at: index))
+                let waiting = state.waiting.remove(at: index)
+                state.ended[key] = Self.record(waiting, .canceled)
+                return (nil, waiting)
             }
             guard var running = state.running[key] else {
                 state.finished.insert(key)
@@ -166,7 +170,10 @@ public final class LocalProcessBackend: JobBackend {
             pid = try Self.spawnProcessGroup(
                 configuration.command, environment: environment, directory: scratch.path)
         } catch {
-            state.withLock { $0.finished.insert(key) }
+            state.withLock {
+                $0.finished.insert(key)
+                $0.ended[key] = Self.record(assignment, .failedToStart("\(error)"))
+            }
             outcomesContinuation.yield(
                 Outcome(
                     scanID: assignment.scanID, organizationID: assignment.organizationID, attempt: assignment.attempt,
@@ -210,13 +217,9 @@ public final class LocalProcessBackend: JobBackend {
     }
 
     private func exited(_ key: String, status: Int32, scratch: URL) {
-        let running: Running? = state.withLock { state in
-            let running = state.running.removeValue(forKey: key)
+        let ended: (Running, Outcome.Ending)? = state.withLock { state in
             state.finished.insert(key)
-            return running
-        }
-        try? FileManager.default.removeItem(at: scratch)
-        if let running {
+            guard let running = state.running.removeValue(forKey: key) else { return nil }
             let ending: Outcome.Ending
             let signal = status & 0x7f
             if let stopping = running.stopping {
@@ -226,6 +229,11 @@ public final class LocalProcessBackend: JobBackend {
             } else {
                 ending = .exited((status >> 8) & 0xff)
             }
+            state.ended[key] = Self.record(running.assignment, ending)
+            return (running, ending)
+        }
+        try? FileManager.default.removeItem(at: scratch)
+        if let (running, ending) = ended {
             logger.info(
                 "runner exited",
                 metadata: [
@@ -246,5 +254,42 @@ public final class LocalProcessBackend: JobBackend {
             return state.waiting.removeFirst()
         }
         if let next { spawn(next) }
+    }
+}
+
+extension LocalProcessBackend: RunnerInventory {
+    /// A runner's record as a Job's would read: exit 0 is Complete; any other ending is Failed
+    /// with a reason in the Job controller's style.
+    static func record(_ assignment: RunnerAssignment, _ ending: Outcome.Ending?) -> RunnerRecord {
+        let state: RunnerRecord.State
+        switch ending {
+        case nil: state = .active
+        case .exited(0): state = .succeeded
+        case .exited(let code): state = .failed(reason: "RunnerFailed", message: "runner exited \(code)")
+        case .signaled(let signal): state = .failed(reason: "RunnerFailed", message: "runner killed by signal \(signal)")
+        case .timedOut: state = .failed(reason: "DeadlineExceeded", message: "runner ran past its deadline")
+        case .canceled: state = .failed(reason: "Canceled", message: nil)
+        case .failedToStart(let why): state = .failed(reason: "RunnerNotStarted", message: why)
+        }
+        return RunnerRecord(
+            name: assignment.jobName, scanID: assignment.scanID, organizationID: assignment.organizationID,
+            attempt: assignment.attempt, state: state, finishedAt: ending == nil ? nil : Date())
+    }
+
+    public func runners() async throws -> [RunnerRecord] {
+        state.withLock { state in
+            state.running.values.map { Self.record($0.assignment, nil) } + state.waiting.map { Self.record($0, nil) }
+                + Array(state.ended.values)
+        }
+    }
+
+    public func terminationMessage(_ runner: RunnerRecord) async -> String? {
+        if case .failed(_, let message) = runner.state { return message }
+        return nil
+    }
+
+    public func remove(_ runner: RunnerRecord) async throws {
+        try await stop(scanID: runner.scanID, attempt: runner.attempt)
+        _ = state.withLock { $0.ended.removeValue(forKey: Self.key(runner.scanID, runner.attempt)) }
     }
 }

@@ -50,6 +50,25 @@ public final class FleetMetrics: Sendable {
             name: "cloudscan_queue_depth", labels: [("queue", queue)], help: "Messages ready in a queue.")
     }
 
+    /// Runners (Jobs or local processes) cloudscan has that have not finished.
+    public func jobsActive(_ count: Int) {
+        registry.makeGauge(name: "cloudscan_k8s_jobs_active", help: "Kubernetes Jobs cloudscan is running.")
+            .set(Double(count))
+    }
+
+    /// One sweeper pass: how long it took and what it did.
+    public func sweeperPass(seconds: Double, retried: Int, failed: Int, completed: Int, removed: Int) {
+        registry.makeGauge(name: "cloudscan_sweeper_pass_seconds", help: "The last sweeper pass's duration.")
+            .set(seconds)
+        for (action, count) in [("retried", retried), ("failed", failed), ("completed", completed), ("removed", removed)]
+        where count > 0 {
+            registry.makeCounter(
+                name: "cloudscan_sweeper_actions_total", labels: [("action", action)],
+                help: "Scans the sweeper moved (retried, failed, completed) and runners it removed."
+            ).increment(by: Int64(count))
+        }
+    }
+
     public func findings(_ severity: String) -> Prometheus.Counter {
         registry.makeCounter(
             name: "cloudscan_findings_total", labels: [("severity", severity)], help: "Findings stored, by severity."

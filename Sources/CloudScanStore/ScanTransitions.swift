@@ -21,12 +21,13 @@ public enum ScanTransitions {
         }
     }
 
-    /// Moves the scan `from` → `to`; returns whether it moved.
+    /// Moves the scan `from` → `to`; returns whether it moved. With `expectedAttempt`, only a scan
+    /// still on that attempt moves.
     @discardableResult
     public static func move(
         _ c: PostgresConnection, _ target: Target, from: ScanStatus, to: ScanStatus, attempt: Int, actor: String,
         reason: String?, messageID: String?, jobName: String? = nil, failureMessage: String? = nil,
-        details: JSONValue? = nil
+        details: JSONValue? = nil, expectedAttempt: Int? = nil
     ) async throws -> Bool {
         let rows = try await c.query(
             """
@@ -40,6 +41,7 @@ public enum ScanTransitions {
                 failure_reason = CASE WHEN \(to.rawValue) = 'failed' THEN \(reason) ELSE failure_reason END,
                 failure_message = CASE WHEN \(to.rawValue) = 'failed' THEN \(failureMessage) ELSE failure_message END
             WHERE id = \(target.scanID) AND created_at = \(target.createdAt) AND status = \(from.rawValue)
+              AND attempt = coalesce(\(expectedAttempt.map(Int32.init))::integer, attempt)
             RETURNING findings_critical, findings_high, findings_medium, findings_low, findings_info
             """)
         guard let row = rows.first else { return false }

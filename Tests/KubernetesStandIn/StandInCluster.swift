@@ -91,14 +91,21 @@ public actor StandInCluster {
 
     /// The Job failed as the 1.20 controller reports it: `BackoffLimitExceeded` (its pod failed
     /// with `exitCode`) or `DeadlineExceeded` (its pod is deleted).
-    public func failJob(namespace: String, name: String, reason: String = "BackoffLimitExceeded", exitCode: Int = 2) {
+    /// `terminationMessage` is what the runner wrote to /dev/termination-log (the container's
+    /// `state.terminated.message`).
+    public func failJob(
+        namespace: String, name: String, reason: String = "BackoffLimitExceeded", exitCode: Int = 2,
+        terminationMessage: String? = nil
+    ) {
         let message: String
         if reason == "DeadlineExceeded" {
             message = "Job was active longer than specified deadline"
             for key in podKeys(namespace: namespace, job: name) { deletePod(key) }
         } else {
             message = "Job has reached the specified backoff limit"
-            finishPods(namespace: namespace, job: name, phase: "Failed", exitCode: exitCode, reason: "Error")
+            finishPods(
+                namespace: namespace, job: name, phase: "Failed", exitCode: exitCode, reason: "Error",
+                message: terminationMessage)
         }
         updateJob(namespace: namespace, name: name) { job in
             var status = job["status"] as? Object ?? [:]
@@ -435,23 +442,26 @@ public actor StandInCluster {
         resourceVersion += 1
     }
 
-    private func finishPods(namespace: String, job: String, phase: String, exitCode: Int, reason: String) {
+    private func finishPods(
+        namespace: String, job: String, phase: String, exitCode: Int, reason: String, message: String? = nil
+    ) {
         for key in podKeys(namespace: namespace, job: job) {
             guard var pod = pods[key] else { continue }
             resourceVersion += 1
             var metadata = Self.meta(pod)
             metadata["resourceVersion"] = String(resourceVersion)
             pod["metadata"] = metadata
+            var terminated: Object = [
+                "exitCode": exitCode, "reason": reason, "startedAt": Self.now(), "finishedAt": Self.now(),
+            ]
+            if let message { terminated["message"] = message }
             pod["status"] = [
                 "phase": phase,
                 "containerStatuses": [
                     [
                         "name": "runner", "ready": false, "restartCount": 0,
                         "state": [
-                            "terminated": [
-                                "exitCode": exitCode, "reason": reason, "startedAt": Self.now(),
-                                "finishedAt": Self.now(),
-                            ]
+                            "terminated": terminated
                         ],
                     ]
                 ],
