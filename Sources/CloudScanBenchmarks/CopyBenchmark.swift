@@ -9,7 +9,10 @@ import Logging
 struct CloudScanBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cloudscan-bench", abstract: "Benchmark helpers.",
-        subcommands: [Seed.self, Generate.self, Copy.self, AMQPBench.self, DispatchBench.self, FindingsBench.self])
+        subcommands: [
+            Seed.self, Generate.self, Copy.self, AMQPBench.self, DispatchBench.self, FindingsBench.self,
+            SweeperBench.self,
+        ])
 
     struct Common: ParsableArguments {
         @Option(help: "Schema holding a migrated cloudscan database.") var schema: String

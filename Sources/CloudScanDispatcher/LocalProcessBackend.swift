@@ -266,7 +266,8 @@ extension LocalProcessBackend: RunnerInventory {
         case nil: state = .active
         case .exited(0): state = .succeeded
         case .exited(let code): state = .failed(reason: "RunnerFailed", message: "runner exited \(code)")
-        case .signaled(let signal): state = .failed(reason: "RunnerFailed", message: "runner killed by signal \(signal)")
+        case .signaled(let signal):
+            state = .failed(reason: "RunnerFailed", message: "runner killed by signal \(signal)")
         case .timedOut: state = .failed(reason: "DeadlineExceeded", message: "runner ran past its deadline")
         case .canceled: state = .failed(reason: "Canceled", message: nil)
         case .failedToStart(let why): state = .failed(reason: "RunnerNotStarted", message: why)

@@ -244,7 +244,9 @@ public struct Sweeper: Service {
         let others = runners.filter { activeAttempts[$0.scanID] != $0.attempt }
         if !others.isEmpty {
             let states = try await scanStates(Array(Set(others.map(\.scanID))))
-            let removals = others.filter { Self.shouldRemove($0, scan: states[$0.scanID], configuration: configuration) }
+            let removals = others.filter {
+                Self.shouldRemove($0, scan: states[$0.scanID], configuration: configuration)
+            }
             let removed = await forEach(removals.map { ($0, 0, 0) }, width: 8) { runner, _, _ -> Bool in
                 do {
                     try await inventory.remove(runner)
@@ -252,7 +254,8 @@ public struct Sweeper: Service {
                     return true
                 } catch {
                     logger.warning(
-                        "could not remove a runner; next pass", metadata: ["runner": "\(runner.name)", "error": "\(error)"])
+                        "could not remove a runner; next pass",
+                        metadata: ["runner": "\(runner.name)", "error": "\(error)"])
                     return false
                 }
             }
@@ -293,7 +296,8 @@ public struct Sweeper: Service {
         case .active:
             if scan.status == .dispatched, scan.dispatchedAge >= configuration.startTimeout {
                 return .attemptFailed(
-                    reason: "timed_out", message: "the runner did not start within \(Int(configuration.startTimeout)) s")
+                    reason: "timed_out", message: "the runner did not start within \(Int(configuration.startTimeout)) s"
+                )
             }
             if scan.status == .running, scan.heartbeatAge >= configuration.heartbeatTimeout {
                 return .attemptFailed(
@@ -366,7 +370,7 @@ public struct Sweeper: Service {
                 return moved ? .completed : .unchanged
             case .fail(let reason, let message):
                 var text = message
-                if let runner, let words = await inventory.terminationMessage(runner) {
+                if let runner, let words = await inventory.terminationMessage(runner), words != message {
                     text = [message, words].compactMap { $0 }.joined(separator: "; ")
                 }
                 let moved = try await move(scan, to: .failed, reason: reason, message: text)
@@ -394,7 +398,8 @@ public struct Sweeper: Service {
     }
 
     private func target(_ scan: ActiveScan) -> ScanTransitions.Target {
-        .init(scanID: scan.id, createdAt: scan.createdAt, organizationID: scan.organizationID, projectID: scan.projectID)
+        .init(
+            scanID: scan.id, createdAt: scan.createdAt, organizationID: scan.organizationID, projectID: scan.projectID)
     }
 
     private func move(_ scan: ActiveScan, to status: ScanStatus, reason: String, message: String?) async throws -> Bool

@@ -60,7 +60,9 @@ public final class FleetMetrics: Sendable {
     public func sweeperPass(seconds: Double, retried: Int, failed: Int, completed: Int, removed: Int) {
         registry.makeGauge(name: "cloudscan_sweeper_pass_seconds", help: "The last sweeper pass's duration.")
             .set(seconds)
-        for (action, count) in [("retried", retried), ("failed", failed), ("completed", completed), ("removed", removed)]
+        for (action, count) in [
+            ("retried", retried), ("failed", failed), ("completed", completed), ("removed", removed),
+        ]
         where count > 0 {
             registry.makeCounter(
                 name: "cloudscan_sweeper_actions_total", labels: [("action", action)],

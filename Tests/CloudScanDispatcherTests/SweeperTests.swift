@@ -174,8 +174,9 @@ struct SweeperLiveTests {
     }
 
     /// The scan.retry rows in the outbox for `scan`: (attempt, seconds until due).
-    static func retries(_ h: DispatcherHarness, _ scan: UUID) async throws -> [(payload: String, attempt: Int, due: Double)]
-    {
+    static func retries(_ h: DispatcherHarness, _ scan: UUID) async throws -> [(
+        payload: String, attempt: Int, due: Double
+    )] {
         try await h.app.withTransaction(organizationID: h.organization) { c in
             try await c.query(
                 """
@@ -183,14 +184,17 @@ struct SweeperLiveTests {
                 FROM outbox WHERE routing_key = 'scan.retry' AND correlation_id = \(scan.uuidString.lowercased())
                 ORDER BY id
                 """
-            ).map { (try $0.decode(String.self, at: 0), try $0.decode(Int.self, at: 1), try $0.decode(Double.self, at: 2)) }
+            ).map {
+                (try $0.decode(String.self, at: 0), try $0.decode(Int.self, at: 1), try $0.decode(Double.self, at: 2))
+            }
         }
     }
 
     /// What the relay does with a due scan.retry row: publish it to the commands exchange.
     static func relay(_ h: DispatcherHarness, _ payload: String) async throws {
         try await h.publishRaw(
-            Data(payload.utf8), type: MessageType.scanRetry.rawValue, routingKey: "scan.retry", organization: h.organization)
+            Data(payload.utf8), type: MessageType.scanRetry.rawValue, routingKey: "scan.retry",
+            organization: h.organization)
     }
 
     @Test(
@@ -220,7 +224,9 @@ struct SweeperLiveTests {
             #expect(try await h.status(late).0 == .failed)
             let (reason, message) = try await Self.failure(h, crashed)
             #expect(reason == "BackoffLimitExceeded")
-            #expect(message?.contains("runner exited 2: archive_path_escape: ../../etc/passwd") == true, "\(message ?? "-")")
+            #expect(
+                message?.contains("runner exited 2: archive_path_escape: ../../etc/passwd") == true, "\(message ?? "-")"
+            )
             let (lateReason, lateMessage) = try await Self.failure(h, late)
             #expect(lateReason == "DeadlineExceeded")
             #expect(lateMessage?.contains("active longer than specified deadline") == true, "\(lateMessage ?? "-")")
@@ -325,6 +331,51 @@ struct SweeperLiveTests {
         }
     }
 
+    @Test(
+        "the local process backend, reconciled the same way: a runner exiting 3 fails its scan; one exiting 0 without results is retried"
+    )
+    func localRunners() async throws {
+        try await DispatcherHarness.run { h in
+            let crashing = try await Self.dispatched(h)
+            let silent = try await Self.dispatched(h)
+            try await Self.running(h, silent)
+            func backend(_ script: String) -> LocalProcessBackend {
+                LocalProcessBackend(
+                    configuration: .init(command: ["/bin/sh", "-c", script]), logger: TestDatabase.logger("local"))
+            }
+            func assignment(_ scan: UUID) -> RunnerAssignment {
+                RunnerAssignment(
+                    scanID: scan, organizationID: h.organization, attempt: 1, scanTypes: [.sast],
+                    artifactURL: "file:///nowhere", timeoutSeconds: 600, runnerToken: "t")
+            }
+            let failing = backend("exit 3")
+            let quiet = backend("exit 0")
+            try await failing.start(assignment(crashing))
+            try await quiet.start(assignment(silent))
+            for local in [failing, quiet] {
+                try await h.eventually("the runner ended") {
+                    try await local.runners().allSatisfy { $0.state != .active }
+                }
+            }
+            let configuration = Sweeper.Configuration(reportGrace: 0, retryBackoff: (0, 0))
+            func sweeper(_ inventory: LocalProcessBackend) -> Sweeper {
+                Sweeper(
+                    client: h.app, inventory: inventory, configuration: configuration, logger: TestDatabase.logger("s"))
+            }
+            // Each sweeper sees only its backend's runners; the other scan has none there yet, and
+            // is within its vanished grace.
+            var report = try await sweeper(failing).pass()
+            #expect(report.failed == 1 && report.runners == 1, "\(report)")
+            let (reason, message) = try await Self.failure(h, crashing)
+            #expect(reason == "RunnerFailed" && message == "runner exited 3", "\(reason ?? "-"): \(message ?? "-")")
+            report = try await sweeper(quiet).pass()
+            #expect(report.retried == 1, "\(report)")
+            #expect(try await h.status(silent) == (.retrying, 1))
+            #expect(try await quiet.runners().isEmpty, "the failed attempt's runner record is removed")
+            #expect(try await Self.retries(h, silent).map(\.attempt) == [2])
+        }
+    }
+
     @Test("Jobs of finished scans go after their retention; a superseded attempt's and an orphan's at once")
     func jobRetention() async throws {
         try await DispatcherHarness.run { h in
@@ -359,6 +410,65 @@ struct SweeperLiveTests {
             #expect(names.contains(RunnerAssignment.jobName(scanID: recent, attempt: 1)), "kept for its retention")
             #expect(!names.contains(RunnerAssignment.jobName(scanID: superseded, attempt: 1)))
             #expect(!names.contains(orphan.jobName))
+        }
+    }
+}
+
+/// Two `cloudscan sweeper` processes: one leads; SIGKILL it and the other takes over.
+@Suite("Sweeper leadership (processes)")
+struct SweeperLeadershipTests {
+    static let binary = TestDatabase.repositoryRoot.appendingPathComponent(".build/debug/cloudscan").path
+
+    static func log(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+
+    @Test("the leader is SIGKILLed: the other instance leads within one interval and reconciles")
+    func failover() async throws {
+        try await DispatcherHarness.run { h in
+            let schema = try await h.app.query("SELECT current_schema()").single().decode(String.self, at: 0)
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sweep-\(UUID())")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let kubeconfig = directory.appendingPathComponent("kubeconfig").path
+            try """
+            apiVersion: v1
+            kind: Config
+            clusters: [{name: standin, cluster: {server: "\(h.standIn.server)"}}]
+            users: [{name: admin, user: {token: "\(KubernetesStandIn.adminToken)"}}]
+            contexts: [{name: standin, context: {cluster: standin, user: admin, namespace: \(DispatcherHarness.namespace)}}]
+            current-context: standin
+            """.write(toFile: kubeconfig, atomically: true, encoding: .utf8)
+            let environment = [
+                "DATABASE_URL":
+                    "postgresql://\(TestDatabase.appUser):\(TestDatabase.appPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+                "DB_SCHEMA": schema, "KUBECONFIG": kubeconfig,
+                "AMQP_URL":
+                    "amqp://\(TestBroker.user):\(TestBroker.password)@\(TestBroker.host):\(TestBroker.port)/cloudscan",
+                "SWEEPER_INTERVAL_SECONDS": "1", "SWEEPER_VANISHED_GRACE_SECONDS": "0", "RETRY_BACKOFF_SECONDS": "0",
+                "METRICS_PORT": "0", "LOG_LEVEL": "notice",
+            ]
+            let logA = directory.appendingPathComponent("a.log").path
+            let logB = directory.appendingPathComponent("b.log").path
+            let a = try BackgroundCommand([Self.binary, "sweeper"], environment: environment, logFile: logA)
+            try await h.eventually("the first instance leads", seconds: 20) { Self.log(logA).contains("leading (") }
+            let b = try BackgroundCommand([Self.binary, "sweeper"], environment: environment, logFile: logB)
+            try await Task.sleep(for: .seconds(3))
+            #expect(!Self.log(logB).contains("leading ("), "one leader at a time: \(Self.log(logB))")
+            _ = await a.stop(SIGKILL)
+            let killed = ContinuousClock.now
+            try await h.eventually("the second instance leads", seconds: 10) { Self.log(logB).contains("leading (") }
+            let takeover = ContinuousClock.now - killed
+            #expect(takeover < .seconds(3), "within about one interval (1 s): \(takeover)")
+            // It reconciles: a scan whose Job vanished is retried.
+            let scan = try await SweeperLiveTests.dispatched(h)
+            let kube = KubernetesClient(
+                configuration: .init(
+                    server: h.standIn.server, namespace: DispatcherHarness.namespace,
+                    token: KubernetesStandIn.adminToken))
+            try await kube.deleteJob(RunnerAssignment.jobName(scanID: scan, attempt: 1), propagation: .background)
+            try await h.eventually("the new leader retried the scan whose Job vanished", seconds: 15) {
+                try await h.status(scan).0 == .retrying
+            }
+            #expect(await b.stop(SIGTERM) == 0, "\(Self.log(logB).suffix(2000))")
         }
     }
 }
