@@ -75,4 +75,24 @@ public struct ArtifactResolver: Sendable {
                 permanent: false, reason: "storage_unavailable", message: "GetArtifact answered \(response.status)")
         }
     }
+
+    /// Deletes an `s3://` artifact through the storage service (the cleaner, after retention):
+    /// `DELETE {STORAGE_URL}/v1/artifacts?ref=<reference>` with the same headers as GetArtifact.
+    /// True when it is gone: 200, 202, 204, or 404 (already gone). Any other answer, or no
+    /// answer, is false (the scan is kept for the next run).
+    public func delete(_ reference: String, organizationID: UUID) async -> Bool {
+        guard reference.hasPrefix("s3://"), let storageURL else { return false }
+        let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-._~"))
+        var headers = [("Accept", "application/json"), ("X-Organization-Id", organizationID.uuidString.lowercased())]
+        if let token { headers.append(("Authorization", "Bearer \(token)")) }
+        guard
+            let response = try? await http.perform(
+                HTTPRequest(
+                    method: "DELETE",
+                    url:
+                        "\(storageURL)/v1/artifacts?ref=\(reference.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")",
+                    headers: headers, timeout: .seconds(10), maximumResponseBytes: 64 << 10))
+        else { return false }
+        return [200, 202, 204, 404].contains(response.status)
+    }
 }

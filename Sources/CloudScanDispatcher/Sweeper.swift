@@ -129,6 +129,9 @@ public struct Sweeper: Service {
         public var completed = 0
         public var removed = 0
         public var seconds = 0.0
+        /// Of which listing the runners, and reading the active scans.
+        public var listSeconds = 0.0
+        public var scansSeconds = 0.0
     }
 
     /// What to do about a scan (``decide(_:runner:now:configuration:)``).
@@ -212,7 +215,10 @@ public struct Sweeper: Service {
         let started = ContinuousClock.now
         var report = PassReport()
         let runners = try await inventory.runners()
+        report.listSeconds = Self.seconds(since: started)
+        let scansStarted = ContinuousClock.now
         let scans = try await activeScans()
+        report.scansSeconds = Self.seconds(since: scansStarted)
         report.runners = runners.count
         report.activeRunners = runners.filter { $0.state == .active }.count
         report.activeScans = scans.count
@@ -261,8 +267,7 @@ public struct Sweeper: Service {
             }
             report.removed = removed.filter { $0 }.count
         }
-        let elapsed = ContinuousClock.now - started
-        report.seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        report.seconds = Self.seconds(since: started)
         if report.retried + report.failed + report.completed + report.removed > 0 {
             logger.notice(
                 "sweeper pass",
@@ -276,6 +281,11 @@ public struct Sweeper: Service {
     }
 
     static func key(_ scan: UUID, _ attempt: Int) -> String { "\(scan)#\(attempt)" }
+
+    static func seconds(since start: ContinuousClock.Instant) -> Double {
+        let elapsed = ContinuousClock.now - start
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    }
 
     /// What a scan's state and its runner's call for (pure: the tests drive every case through it).
     public static func decide(

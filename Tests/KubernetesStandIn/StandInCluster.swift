@@ -10,6 +10,29 @@ public actor StandInCluster {
     /// History below this resourceVersion is compacted (lists/watches from it get 410).
     private var compactedBelow = 0
     private var jobs: [String: Object] = [:]  // "ns/name"
+    /// The last list's matching names, sorted, for its resourceVersion, namespace and selector: the
+    /// pages of one list reuse it (any change bumps the resourceVersion, which retires it), as
+    /// the API server's watch cache serves pages without re-reading everything.
+    private var listCache: (rv: Int, namespace: String, selector: String, names: [String])?
+    /// Each Job as a list item (no kind/apiVersion), encoded once per change: a list of thousands
+    /// would otherwise spend its time in JSONSerialization.
+    private var listItemJSON: [String: Data] = [:]
+
+    /// Every change of a Job goes through here (so its encoded list item is renewed).
+    private func storeJob(_ key: String, _ job: Object?) {
+        jobs[key] = job
+        listItemJSON[key] = nil
+    }
+
+    private func listItem(_ key: String, _ job: Object) -> Data {
+        if let cached = listItemJSON[key] { return cached }
+        var item = job
+        item.removeValue(forKey: "kind")
+        item.removeValue(forKey: "apiVersion")
+        let data = Self.encode(item)
+        listItemJSON[key] = data
+        return data
+    }
     private var pods: [String: Object] = [:]
     private var secrets: [String: Object] = [:]
     private var history: [(rv: Int, type: String, namespace: String, name: String, object: Object)] = []
@@ -370,7 +393,7 @@ public actor StandInCluster {
         spec["template"] = template
         job["spec"] = spec
         job["status"] = Object()
-        jobs[key] = job
+        storeJob(key, job)
         record("ADDED", namespace: namespace, name: name, object: job)
         // The job controller, a moment later: a Pending pod, then startTime/active.
         Task { [weak self] in
@@ -427,7 +450,7 @@ public actor StandInCluster {
         var metadata = Self.meta(job)
         metadata["resourceVersion"] = String(resourceVersion)
         job["metadata"] = metadata
-        jobs[key] = job
+        storeJob(key, job)
         record("MODIFIED", namespace: namespace, name: name, object: job)
     }
 
@@ -531,28 +554,54 @@ public actor StandInCluster {
             snapshotRV = requestedRV
         }
         let source = snapshotRV == resourceVersion ? jobs : snapshot(at: snapshotRV)
-        var items = source.filter { key, job in
-            key.hasPrefix("\(namespace)/")
-                && SelectorTerm.matches(selector, Self.meta(job)["labels"] as? [String: String] ?? [:])
-        }.map { ($0.key.dropFirst(namespace.count + 1), $0.value) }.sorted { $0.0 < $1.0 }
-        if !start.isEmpty { items = items.filter { String($0.0) >= start } }
-        var metadata: Object = ["resourceVersion": String(snapshotRV)]
-        if limit > 0, items.count > limit {
-            let next = String(items[limit].0)
-            metadata["continue"] = Self.continueToken(rv: snapshotRV, start: next)
-            if selector.isEmpty { metadata["remainingItemCount"] = items.count - limit }
-            items = Array(items.prefix(limit))
+        let selectorText = query["labelSelector"] ?? ""
+        let names: [String]
+        if let cache = listCache, cache.rv == snapshotRV, cache.namespace == namespace, cache.selector == selectorText {
+            names = cache.names
+        } else {
+            names = source.filter { key, job in
+                key.hasPrefix("\(namespace)/")
+                    && SelectorTerm.matches(selector, Self.meta(job)["labels"] as? [String: String] ?? [:])
+            }.map { String($0.key.dropFirst(namespace.count + 1)) }.sorted()
+            listCache = (snapshotRV, namespace, selectorText, names)
         }
-        let list: Object = [
-            "kind": "JobList", "apiVersion": "batch/v1", "metadata": metadata,
-            "items": items.map { item -> Object in
-                var job = item.1
-                job.removeValue(forKey: "kind")
-                job.removeValue(forKey: "apiVersion")
-                return job
-            },
-        ]
-        return StandInReply(status: 200, body: Self.encode(list))
+        var remaining = names[...]
+        if !start.isEmpty {
+            // The first name at or after `start` (the names are sorted).
+            var low = 0
+            var high = names.count
+            while low < high {
+                let middle = (low + high) / 2
+                if names[middle] < start { low = middle + 1 } else { high = middle }
+            }
+            remaining = names[low...]
+        }
+        let page = limit > 0 ? remaining.prefix(limit) : remaining
+        var metadata: Object = ["resourceVersion": String(snapshotRV)]
+        if limit > 0, remaining.count > limit {
+            let next = remaining[remaining.startIndex + limit]
+            metadata["continue"] = Self.continueToken(rv: snapshotRV, start: next)
+            if selector.isEmpty { metadata["remainingItemCount"] = remaining.count - limit }
+        }
+        // {"kind":"JobList","apiVersion":"batch/v1","metadata":{…},"items":[…]}, the items from
+        // their cached encodings (the live ones; a snapshot's are encoded afresh).
+        var body = Data(#"{"kind":"JobList","apiVersion":"batch/v1","metadata":"#.utf8)
+        body.append(Self.encode(metadata))
+        body.append(contentsOf: Array(#","items":["#.utf8))
+        for (index, name) in page.enumerated() {
+            if index > 0 { body.append(0x2C) }
+            let key = "\(namespace)/\(name)"
+            if snapshotRV == resourceVersion {
+                body.append(listItem(key, source[key]!))
+            } else {
+                var item = source[key]!
+                item.removeValue(forKey: "kind")
+                item.removeValue(forKey: "apiVersion")
+                body.append(Self.encode(item))
+            }
+        }
+        body.append(contentsOf: Array("]}".utf8))
+        return StandInReply(status: 200, body: body)
     }
 
     /// The Jobs as they were at `rv`, replayed from the history.
@@ -585,7 +634,7 @@ public actor StandInCluster {
         let policy = options["propagationPolicy"] as? String ?? "Orphan"  // batch/v1's default
         switch policy {
         case "Background":
-            jobs[key] = nil
+            storeJob(key, nil)
             resourceVersion += 1
             record("DELETED", namespace: namespace, name: name, object: job)
             // The garbage collector deletes the pods and owned Secrets a moment later.
@@ -602,7 +651,7 @@ public actor StandInCluster {
             metadata["finalizers"] = [finalizer]
             metadata["resourceVersion"] = String(resourceVersion)
             job["metadata"] = metadata
-            jobs[key] = job
+            storeJob(key, job)
             record("MODIFIED", namespace: namespace, name: name, object: job)
             if policy == "Orphan" {
                 for podKey in podKeys(namespace: namespace, job: name) {
@@ -615,7 +664,7 @@ public actor StandInCluster {
             } else {
                 for podKey in podKeys(namespace: namespace, job: name) { deletePod(podKey) }
             }
-            jobs[key] = nil
+            storeJob(key, nil)
             resourceVersion += 1
             record("DELETED", namespace: namespace, name: name, object: job)
             return StandInReply(status: 200, body: Self.encode(job))
