@@ -68,6 +68,13 @@ struct SweeperBench: AsyncParsableCommand {
         try await Task.sleep(for: .seconds(1))
         _ = try await kube.listAllJobs(labelSelector: JobSpecBuilder.managedSelector)
         print("SETUP jobs=\(ids.count) created_and_listed_in=\(ContinuousClock.now - started)")
+        // Time to attach a profiler (`perf record -p`), when asked.
+        if let pause = ProcessInfo.processInfo.environment["BENCH_PAUSE_SECONDS"].flatMap(Double.init) {
+            FileManager.default.createFile(
+                atPath: ProcessInfo.processInfo.environment["BENCH_PAUSE_FILE"] ?? "/tmp/cloudscan-bench.pid",
+                contents: Data("\(getpid())\n".utf8))
+            try await Task.sleep(for: .seconds(pause))
+        }
         let actionable = max(1, ids.count / 100)
         for index in 0..<actionable {
             await standIn.cluster.failJob(

@@ -99,7 +99,7 @@ struct SweeperCommand: AsyncParsableCommand {
         let environment = ProcessInfo.processInfo.environment
         let logger = try database.makeLogger(label: "cloudscan.sweeper")
         var databaseConfiguration = try database.postgresConfiguration(applicationName: "cloudscan-sweeper")
-        databaseConfiguration.maximumConnections = max(databaseConfiguration.maximumConnections, 10)
+        databaseConfiguration.maximumConnections = max(databaseConfiguration.maximumConnections, 20)
         let client = PostgresClient(configuration: databaseConfiguration, logger: logger)
         let kubernetes = try KubernetesConfiguration.fromEnvironment(environment)
         let backend = KubernetesJobBackend(

@@ -47,9 +47,9 @@ public protocol RunnerInventory: Sendable {
 
 extension KubernetesJobBackend: RunnerInventory {
     public func runners() async throws -> [RunnerRecord] {
-        let jobs: [Job]
+        let jobs: [JobSummary]
         do {
-            jobs = try await client.listAllJobs(labelSelector: JobSpecBuilder.managedSelector).jobs
+            jobs = try await client.listAllJobSummaries(labelSelector: JobSpecBuilder.managedSelector).jobs
         } catch let error as KubernetesError {
             throw Self.classify(error)
         } catch let error as HTTPClientError {
@@ -60,7 +60,7 @@ extension KubernetesJobBackend: RunnerInventory {
 
     /// A Job's record, from its labels and its final condition (read by type, never by position);
     /// nil for a Job without cloudscan's labels.
-    static func record(_ job: Job) -> RunnerRecord? {
+    static func record(_ job: JobSummary) -> RunnerRecord? {
         guard let name = job.metadata.name, let labels = job.metadata.labels,
             let scan = labels[JobSpecBuilder.Label.scanID].flatMap(UUID.init(uuidString:)),
             let organization = labels[JobSpecBuilder.Label.organizationID].flatMap(UUID.init(uuidString:)),

@@ -233,7 +233,7 @@ public struct Sweeper: Service {
             let decision = Self.decide(scan, runner: runner, now: now, configuration: configuration)
             if decision != .wait { work.append((scan, runner, decision)) }
         }
-        let outcomes = await forEach(work, width: 8) { scan, runner, decision in
+        let outcomes = await forEach(work, width: 16) { scan, runner, decision in
             await apply(decision, to: scan, runner: runner)
         }
         for outcome in outcomes {

@@ -96,12 +96,28 @@ public final class KubernetesClient: Sendable {
     public func listAllJobs(labelSelector: String, pageSize: Int = 500) async throws -> (
         jobs: [Job], resourceVersion: String?
     ) {
-        var jobs: [Job] = []
+        try await listAll(Job.self, labelSelector: labelSelector, pageSize: pageSize)
+    }
+
+    /// ``listAllJobs(labelSelector:pageSize:)`` decoding only metadata and status.
+    public func listAllJobSummaries(labelSelector: String, pageSize: Int = 500) async throws -> (
+        jobs: [JobSummary], resourceVersion: String?
+    ) {
+        try await listAll(JobSummary.self, labelSelector: labelSelector, pageSize: pageSize)
+    }
+
+    private func listAll<Item: Codable & Sendable & Equatable>(
+        _ type: Item.Type, labelSelector: String, pageSize: Int
+    ) async throws -> (jobs: [Item], resourceVersion: String?) {
+        var jobs: [Item] = []
         var token: String?
         var restarts = 0
         while true {
             do {
-                let page = try await listJobs(labelSelector: labelSelector, limit: pageSize, continue: token)
+                let query: [(String, String)] =
+                    [("labelSelector", labelSelector), ("limit", String(pageSize))]
+                    + (token.map { [("continue", $0)] } ?? [])
+                let page: KubernetesList<Item> = try await send("GET", jobsPath, query: query)
                 jobs += page.items
                 guard let next = page.metadata.continue, !next.isEmpty else {
                     return (jobs, page.metadata.resourceVersion)

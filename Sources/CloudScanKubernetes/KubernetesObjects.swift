@@ -70,6 +70,23 @@ public struct Job: Codable, Sendable, Equatable {
     }
 }
 
+/// A Job as reconciling needs it — metadata and status; its spec is neither decoded nor kept
+/// (listing thousands of Jobs, the spec is most of the decoding).
+public struct JobSummary: Codable, Sendable, Equatable {
+    public var metadata: ObjectMeta
+    public var status: JobStatus?
+
+    public init(metadata: ObjectMeta, status: JobStatus?) {
+        self.metadata = metadata
+        self.status = status
+    }
+
+    /// The terminal condition, if the Job has one (by type, never by position).
+    public var finished: JobCondition? {
+        status?.conditions?.first { ($0.type == "Complete" || $0.type == "Failed") && $0.status == "True" }
+    }
+}
+
 public struct JobSpec: Codable, Sendable, Equatable {
     public var parallelism: Int?
     public var completions: Int?

@@ -34,6 +34,20 @@ public actor StandInCluster {
         return data
     }
     private var pods: [String: Object] = [:]
+    /// Each pod's labels as Swift strings (what selectors match; reading them out of the pod's
+    /// `[String: Any]` on every list would dominate a list of thousands).
+    private var podLabels: [String: [String: String]] = [:]
+
+    /// Pod keys by "namespace/job-name" label (the Job controller's index).
+    private var podsByJob: [String: Set<String>] = [:]
+
+    private func storePod(_ key: String, _ pod: Object?) {
+        let namespace = key.split(separator: "/", maxSplits: 1).first.map(String.init) ?? ""
+        if let job = podLabels[key]?["job-name"] { podsByJob["\(namespace)/\(job)"]?.remove(key) }
+        pods[key] = pod
+        podLabels[key] = pod.map { Self.meta($0)["labels"] as? [String: String] ?? [:] }
+        if let job = podLabels[key]?["job-name"] { podsByJob["\(namespace)/\(job)", default: []].insert(key) }
+    }
     private var secrets: [String: Object] = [:]
     private var history: [(rv: Int, type: String, namespace: String, name: String, object: Object)] = []
     private var watchers: [UUID: Watcher] = [:]
@@ -436,7 +450,7 @@ public actor StandInCluster {
             "kind": "Pod", "apiVersion": "v1", "metadata": podMeta, "spec": podSpec,
             "status": ["phase": "Pending", "qosClass": "Burstable"],
         ]
-        pods["\(namespace)/\(podMeta["name"] as! String)"] = pod
+        storePod("\(namespace)/\(podMeta["name"] as! String)", pod)
         updateJob(namespace: namespace, name: name) { job in
             job["status"] = ["startTime": Self.now(), "active": 1]
         }
@@ -455,13 +469,11 @@ public actor StandInCluster {
     }
 
     private func podKeys(namespace: String, job: String) -> [String] {
-        pods.filter { key, pod in
-            key.hasPrefix("\(namespace)/") && (Self.meta(pod)["labels"] as? [String: String])?["job-name"] == job
-        }.map(\.key)
+        Array(podsByJob["\(namespace)/\(job)"] ?? [])
     }
 
     private func deletePod(_ key: String) {
-        pods.removeValue(forKey: key)
+        storePod(key, nil)
         resourceVersion += 1
     }
 
@@ -489,7 +501,7 @@ public actor StandInCluster {
                     ]
                 ],
             ]
-            pods[key] = pod
+            storePod(key, pod)
         }
     }
 
@@ -591,8 +603,13 @@ public actor StandInCluster {
         for (index, name) in page.enumerated() {
             if index > 0 { body.append(0x2C) }
             let key = "\(namespace)/\(name)"
-            if snapshotRV == resourceVersion {
-                body.append(listItem(key, source[key]!))
+            let item = source[key]!
+            if snapshotRV == resourceVersion
+                || (jobs[key].map { Self.meta($0)["resourceVersion"] as? String } ?? nil)
+                    == (Self.meta(item)["resourceVersion"] as? String)
+            {
+                // Live, or unchanged since the snapshot: the cached encoding is the same bytes.
+                body.append(listItem(key, jobs[key]!))
             } else {
                 var item = source[key]!
                 item.removeValue(forKey: "kind")
@@ -604,8 +621,18 @@ public actor StandInCluster {
         return StandInReply(status: 200, body: body)
     }
 
+    /// The last snapshot replayed (the pages of one list continue from the same resourceVersion).
+    private var snapshotCache: (rv: Int, jobs: [String: Object])?
+
     /// The Jobs as they were at `rv`, replayed from the history.
     private func snapshot(at rv: Int) -> [String: Object] {
+        if let cached = snapshotCache, cached.rv == rv { return cached.jobs }
+        let state = replay(to: rv)
+        snapshotCache = (rv, state)
+        return state
+    }
+
+    private func replay(to rv: Int) -> [String: Object] {
         var state: [String: Object] = [:]
         for event in history where event.rv <= rv {
             let key = "\(event.namespace)/\(event.name)"
@@ -659,7 +686,7 @@ public actor StandInCluster {
                     var podMeta = Self.meta(pod)
                     podMeta.removeValue(forKey: "ownerReferences")
                     pod["metadata"] = podMeta
-                    pods[podKey] = pod
+                    storePod(podKey, pod)
                 }
             } else {
                 for podKey in podKeys(namespace: namespace, job: name) { deletePod(podKey) }
@@ -683,11 +710,21 @@ public actor StandInCluster {
 
     private func listPods(namespace: String, query: [String: String]) -> StandInReply {
         let selector = (try? SelectorTerm.parse(query["labelSelector"] ?? "")) ?? []
-        let items = pods.filter { key, pod in
-            key.hasPrefix("\(namespace)/")
-                && SelectorTerm.matches(selector, Self.meta(pod)["labels"] as? [String: String] ?? [:])
-        }.sorted { $0.key < $1.key }.map { _, pod -> Object in
-            var pod = pod
+        // `job-name=<name>` (what a Job's own pods are found by) comes from the index.
+        let candidates: [String: [String: String]]
+        if let first = selector.first, selector.count == 1, first.key == "job-name",
+            case .equals(let value) = first.operation
+        {
+            candidates = Dictionary(
+                uniqueKeysWithValues: (podsByJob["\(namespace)/\(value)"] ?? []).map { ($0, podLabels[$0] ?? [:]) })
+        } else {
+            candidates = podLabels
+        }
+        let keys = candidates.filter { key, labels in
+            key.hasPrefix("\(namespace)/") && SelectorTerm.matches(selector, labels)
+        }.map(\.key).sorted()
+        let items = keys.map { key -> Object in
+            var pod = pods[key]!
             pod.removeValue(forKey: "kind")
             pod.removeValue(forKey: "apiVersion")
             return pod
