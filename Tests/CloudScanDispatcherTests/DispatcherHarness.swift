@@ -35,6 +35,10 @@ struct DispatcherHarness {
         deliveryLimit: Int = 5,
         _ body: (DispatcherHarness) async throws -> Void
     ) async throws {
+        // Each harness declares quorum queues; bursts of declarations stall the broker, so these
+        // share the bound of the fleet virtual hosts (at most TEST_FLEET_VHOSTS at once).
+        await FleetVirtualHosts.shared.acquire()
+        defer { Task { await FleetVirtualHosts.shared.release() } }
         try await TestDatabase.withSchema("disp", migrated: true) { db in
             try await TestDatabase.withClient(db.appConfiguration(maximumConnections: 8)) { app in
                 let (org, project) = try await TestDatabase.seedOrganization(app)

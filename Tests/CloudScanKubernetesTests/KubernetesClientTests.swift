@@ -13,7 +13,7 @@ struct KubernetesClientTests {
     static let namespace = "cloudscan"
 
     func withStandIn<R>(
-        token: String? = KubernetesStandIn.adminToken, tokenFile: String? = nil,
+        token: String? = KubernetesStandIn.adminToken, tokenFile: String? = nil, requestTimeout: Duration = .seconds(5),
         _ body: (KubernetesStandIn, KubernetesClient) async throws -> R
     ) async throws -> R {
         let standIn = try await KubernetesStandIn.start()
@@ -22,7 +22,7 @@ struct KubernetesClientTests {
             configuration: KubernetesConfiguration(
                 server: standIn.server, namespace: Self.namespace, token: tokenFile == nil ? token : nil,
                 tokenFile: tokenFile),
-            requestTimeout: .seconds(5))
+            requestTimeout: requestTimeout)
         return try await body(standIn, client)
     }
 
@@ -237,7 +237,8 @@ struct KubernetesClientTests {
 
     @Test("requests run side by side: ten stalled calls are all at the server before the first returns")
     func concurrency() async throws {
-        try await withStandIn { standIn, client in
+        // A generous time-out: this is about the calls overlapping, not about latency on a busy machine.
+        try await withStandIn(requestTimeout: .seconds(30)) { standIn, client in
             await standIn.cluster.inject(.delay(.seconds(2)), times: 10, method: "GET")
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for _ in 0..<10 { group.addTask { _ = try await client.listJobs() } }
