@@ -214,6 +214,7 @@ let package = Package(
                 "CloudScanAMQP",
                 "CloudScanAuth",
                 "CloudScanStore",
+                "CloudScanHTTP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -9,7 +9,8 @@ struct CloudScan: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             Migrate.self, Topology.self, API.self, Relay.self, DispatcherCommand.self, RunnerCommand.self,
-            FindingsWriterCommand.self, StatusWriterCommand.self, SweeperCommand.self, CleanerCommand.self, Dev.self,
+            FindingsWriterCommand.self, StatusWriterCommand.self, SweeperCommand.self, CleanerCommand.self,
+            NotifierCommand.self, Dev.self,
         ]
     )
 }

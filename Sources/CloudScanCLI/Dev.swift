@@ -63,16 +63,19 @@ struct Dev: AsyncParsableCommand {
         let sweeper = Sweeper(
             client: sweeperClient, inventory: dispatcher.localBackend!,
             configuration: try SweeperSettings.configuration(ProcessInfo.processInfo.environment), logger: logger)
+        let notifier = try NotifierParts(
+            database: configuration, broker: broker, topology: loadedTopology, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: api.services + dispatcher.services + writers.services + [sweeper],
+                services: api.services + dispatcher.services + writers.services + [sweeper, notifier.service],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.notice(
-            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999; relay, dispatcher (local runners), findings and status writers, sweeper running"
+            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999; relay, dispatcher (local runners), findings and status writers, sweeper, notifier running"
         )
         try await group.run()
         await writers.close()
         await sweeperClient.shutdown()
+        await notifier.close()
         await dispatcher.close()
         await api.close()
     }

@@ -9,6 +9,7 @@ public enum MessageType: String, Sendable, CaseIterable {
     case findingsBatch = "findings.batch.v1"
     case statusReport = "status.report.v1"
     case scanEvent = "scan.event.v1"
+    case webhookDelivery = "webhook.delivery.v1"
 }
 
 /// Exchanges of the fleet.
@@ -337,5 +338,23 @@ public enum MessageCoding {
         init(_ string: String) { stringValue = string }
         init?(stringValue: String) { self.stringValue = stringValue }
         init?(intValue: Int) { nil }
+    }
+}
+
+/// `webhook.delivery.v1`: one subscription's delivery of a scan event, tried again. The notifier
+/// parks it in a delay tier of `cloudscan.notify` after a failed attempt; it comes back to that
+/// queue when the tier's time is up.
+public struct WebhookDeliveryMessage: Codable, Sendable, Hashable {
+    public var subscriptionID: UUID
+    public var organizationID: UUID
+    /// The attempt this message is for (the first retry is attempt 2).
+    public var attempt: Int
+    public var event: ScanEventMessage
+
+    public init(subscriptionID: UUID, organizationID: UUID, attempt: Int, event: ScanEventMessage) {
+        self.subscriptionID = subscriptionID
+        self.organizationID = organizationID
+        self.attempt = attempt
+        self.event = event
     }
 }
