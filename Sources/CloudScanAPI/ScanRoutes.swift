@@ -69,10 +69,42 @@ public struct ScanAPI: Sendable {
             metrics.scans("canceled").increment()
             return Self.json(ScanJSON.encode(scan))
         }
+        let webhooks = router.group("/api/v1/webhooks")
+        webhooks.post { request, context in
+            let caller = try await authenticator.authenticate(request, context)
+            let create = try WebhookJSON.decodeCreate(Data(buffer: try await Self.body(of: request)))
+            let created = try await mapped {
+                try await service.webhooks.create(organizationID: caller.organizationID, request: create)
+            }
+            var response = Self.json(WebhookJSON.encode(created), status: .created)
+            response.headers[.location] = "/api/v1/webhooks/\(created.id.uuidString.lowercased())"
+            return response
+        }
+        webhooks.get { request, context in
+            let caller = try await authenticator.authenticate(request, context)
+            let items = try await mapped { try await service.webhooks.list(organizationID: caller.organizationID) }
+            var out = JSONText()
+            out.raw("{\"items\":[")
+            for (index, item) in items.enumerated() {
+                if index > 0 { out.raw(",") }
+                out.raw(WebhookJSON.encode(item).text)
+            }
+            out.raw("]}")
+            return Self.json(out)
+        }
+        webhooks.delete("{id}") { request, context in
+            let caller = try await authenticator.authenticate(request, context)
+            guard let text = context.parameters.get("id"), let id = UUID(uuidString: text) else {
+                throw Problem(.notFound, title: "Not found", detail: "no such webhook subscription")
+            }
+            try await mapped { try await service.webhooks.delete(organizationID: caller.organizationID, id: id) }
+            return Response(status: .noContent)
+        }
         // Known paths answer other methods with 405 and the allowed ones.
         let allowed: [(RouterPath, [HTTPRequest.Method])] = [
             ("/healthz", [.get]), ("/readyz", [.get]), ("/metrics", [.get]), ("/api/v1/scans", [.get, .post]),
             ("/api/v1/scans/{id}", [.get, .patch, .delete]), ("/api/v1/scans/{id}/findings", [.get]),
+            ("/api/v1/webhooks", [.get, .post]), ("/api/v1/webhooks/{id}", [.delete]),
         ]
         let every: [HTTPRequest.Method] = [
             .get, .head, .post, .put, .patch, .delete, .options, .trace, .connect, HTTPRequest.Method("QUERY")!,
@@ -344,20 +376,7 @@ enum CreateScanJSON {
         do {
             body = try JSONDecoder().decode(Body.self, from: data)
         } catch let error as DecodingError {
-            let (path, reason): ([CodingKey], String)
-            switch error {
-            case .keyNotFound(let key, let context): (path, reason) = (context.codingPath + [key], "is required")
-            case .typeMismatch(_, let context): (path, reason) = (context.codingPath, "has the wrong type")
-            case .valueNotFound(_, let context): (path, reason) = (context.codingPath, "must not be null")
-            case .dataCorrupted(let context):
-                (path, reason) = (context.codingPath, context.codingPath.isEmpty ? "is not valid JSON" : "is invalid")
-            @unknown default: (path, reason) = ([], "is invalid")
-            }
-            let field = path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
-                .replacingOccurrences(of: ".[", with: "[")
-            throw Problem(
-                .badRequest, title: "Invalid request", detail: "\(field.isEmpty ? "the body" : field) \(reason)",
-                field: field.isEmpty ? "body" : field)
+            throw Problem(decoding: error)
         }
         var projectID: UUID?
         if let text = body.project.id {
@@ -370,5 +389,73 @@ enum CreateScanJSON {
             project: .init(id: projectID, externalKey: body.project.external_key), scanTypes: body.scan_types,
             artifactURL: body.artifact.url, artifactSHA256: body.artifact.sha256, timeoutSeconds: body.timeout_seconds,
             labels: body.labels ?? [:])
+    }
+}
+
+/// The JSON of webhook subscriptions (snake_case, RFC 3339).
+enum WebhookJSON {
+    static func encode(_ item: WebhookSubscription) -> JSONText {
+        var out = JSONText()
+        out.raw("{\"id\":")
+        out.string(item.id.uuidString.lowercased())
+        out.raw(",\"url\":")
+        out.string(item.url)
+        out.raw(",\"events\":[")
+        for (index, event) in item.events.enumerated() {
+            if index > 0 { out.raw(",") }
+            out.string(event)
+        }
+        out.raw("],\"minimum_severity\":")
+        if let minimum = item.minimumSeverity { out.string(minimum.rawValue) } else { out.raw("null") }
+        out.raw(",\"payload_format\":")
+        out.string(item.payloadFormat)
+        out.raw(",\"enabled\":\(item.enabled),\"created_at\":")
+        out.string(RFC3339.string(from: item.createdAt))
+        if let secret = item.secret {
+            out.raw(",\"secret\":")
+            out.string(secret)
+        }
+        out.raw("}")
+        return out
+    }
+
+    struct Body: Decodable {
+        var url: String
+        var secret: String?
+        var events: [String]?
+        var minimum_severity: String?
+        var payload_format: String?
+    }
+
+    static func decodeCreate(_ data: Data) throws -> CreateWebhookRequest {
+        let body: Body
+        do {
+            body = try JSONDecoder().decode(Body.self, from: data)
+        } catch let error as DecodingError {
+            throw Problem(decoding: error)
+        }
+        return CreateWebhookRequest(
+            url: body.url, secret: body.secret, events: body.events, minimumSeverity: body.minimum_severity,
+            payloadFormat: body.payload_format)
+    }
+}
+
+extension Problem {
+    /// A body that did not decode: 400 naming the field and why.
+    init(decoding error: DecodingError) {
+        let (path, reason): ([CodingKey], String)
+        switch error {
+        case .keyNotFound(let key, let context): (path, reason) = (context.codingPath + [key], "is required")
+        case .typeMismatch(_, let context): (path, reason) = (context.codingPath, "has the wrong type")
+        case .valueNotFound(_, let context): (path, reason) = (context.codingPath, "must not be null")
+        case .dataCorrupted(let context):
+            (path, reason) = (context.codingPath, context.codingPath.isEmpty ? "is not valid JSON" : "is invalid")
+        @unknown default: (path, reason) = ([], "is invalid")
+        }
+        let field = path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+            .replacingOccurrences(of: ".[", with: "[")
+        self.init(
+            .badRequest, title: "Invalid request", detail: "\(field.isEmpty ? "the body" : field) \(reason)",
+            field: field.isEmpty ? "body" : field)
     }
 }

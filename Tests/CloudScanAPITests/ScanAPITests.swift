@@ -314,3 +314,54 @@ struct ScanAPITests {
         }
     }
 }
+
+@Suite("HTTP API: webhook subscriptions (live server)")
+struct WebhookAPITests {
+    @Test(
+        "create → 201 with the secret once; list without secrets; bad input → 400 naming the field; another organization sees and deletes nothing"
+    )
+    func subscriptions() async throws {
+        try await ScanAPITests().withServer { server in
+            let created = try await server.call(
+                "POST", "/api/v1/webhooks", as: server.organization,
+                body: #"{"url":"https://hooks.example/a","events":["scan.failed"],"minimum_severity":"high"}"#)
+            #expect(created.status == 201, "\(created.json)")
+            let id = try #require(created.json["id"] as? String)
+            let secret = created.json["secret"] as? String ?? ""
+            #expect(secret.hasPrefix("whsec_") && secret.count == 70, "a generated 32-byte secret")
+            #expect(created.headers.header("location") == "/api/v1/webhooks/\(id)")
+            #expect(created.json["events"] as? [String] == ["scan.failed"])
+            #expect(created.json["minimum_severity"] as? String == "high")
+            let chosen = try await server.call(
+                "POST", "/api/v1/webhooks", as: server.organization,
+                body: #"{"url":"http://127.0.0.1:9/hook","secret":"0123456789abcdef","payload_format":"slack"}"#)
+            #expect(chosen.status == 201 && chosen.json["secret"] as? String == "0123456789abcdef")
+            #expect(chosen.json["events"] as? [String] == ["scan.completed", "scan.failed"], "both by default")
+            let list = try await server.call("GET", "/api/v1/webhooks", as: server.organization)
+            let items = list.json["items"] as? [[String: Any]] ?? []
+            #expect(items.count == 2 && items.allSatisfy { $0["secret"] == nil }, "\(items)")
+            for (body, field) in [
+                (#"{"url":"ftp://x/y"}"#, "url"), (#"{"url":"https://"}"#, "url"),
+                (#"{"url":"https://h/x","events":["scan.started"]}"#, "events"),
+                (#"{"url":"https://h/x","events":[]}"#, "events"),
+                (#"{"url":"https://h/x","minimum_severity":"urgent"}"#, "minimum_severity"),
+                (#"{"url":"https://h/x","payload_format":"xml"}"#, "payload_format"),
+                (#"{"url":"https://h/x","secret":"short"}"#, "secret"), (#"{"events":["scan.failed"]}"#, "url"),
+            ] {
+                let refused = try await server.call("POST", "/api/v1/webhooks", as: server.organization, body: body)
+                #expect(refused.status == 400 && refused.json["field"] as? String == field, "\(body): \(refused.json)")
+            }
+            // Another organization: an empty list, and 404 deleting A's subscription.
+            let theirs = try await server.call("GET", "/api/v1/webhooks", as: server.other)
+            #expect((theirs.json["items"] as? [Any])?.isEmpty == true)
+            #expect(try await server.call("DELETE", "/api/v1/webhooks/\(id)", as: server.other).status == 404)
+            #expect(try await server.call("DELETE", "/api/v1/webhooks/\(id)", as: server.organization).status == 204)
+            #expect(try await server.call("DELETE", "/api/v1/webhooks/\(id)", as: server.organization).status == 404)
+            let after = try await server.call("GET", "/api/v1/webhooks", as: server.organization)
+            #expect((after.json["items"] as? [Any])?.count == 1)
+            #expect(
+                try await server.call("DELETE", "/api/v1/webhooks/not-a-uuid", as: server.organization).status == 404)
+            #expect(try await server.call("PUT", "/api/v1/webhooks", as: server.organization).status == 405)
+        }
+    }
+}
