@@ -105,18 +105,19 @@ struct APIParts {
             application = Application(router: api.router(), configuration: httpConfiguration, logger: logger)
         }
         let hub = ScanWatchHub(listener: PostgresListener(configuration: database, logger: logger), logger: logger)
+        let scanRPCs = ScanGRPCService(
+            service: service, authenticator: authenticator, hub: hub, logger: logger,
+            observe: { method, code, duration in
+                metrics.request(transport: "grpc", route: method, code: code, duration: duration)
+                if code == "ok" {
+                    if method == "CreateScan" { metrics.scans("queued").increment() }
+                    if method == "CancelScan" { metrics.scans("canceled").increment() }
+                }
+            })
         let grpc = GRPCServerService(
             host: listenHost, port: grpcListenPort, tls: tls,
             services: [
-                ScanGRPCService(
-                    service: service, authenticator: authenticator, hub: hub, logger: logger,
-                    observe: { method, code, duration in
-                        metrics.request(transport: "grpc", route: method, code: code, duration: duration)
-                        if code == "ok" {
-                            if method == "CreateScan" { metrics.scans("queued").increment() }
-                            if method == "CancelScan" { metrics.scans("canceled").increment() }
-                        }
-                    }),
+                scanRPCs, WebhookGRPCService(scans: scanRPCs),
                 HealthService(readiness: readiness), ReflectionServiceV1(), ReflectionServiceV1Alpha(),
             ], logger: logger)
         logger.info(

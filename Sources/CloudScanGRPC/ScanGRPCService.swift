@@ -34,7 +34,7 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
     }
 
     /// The status for `error`; an unexpected one is logged here (the caller only sees INTERNAL).
-    private func status(_ error: any Error, _ method: String) -> RPCError {
+    func status(_ error: any Error, _ method: String) -> RPCError {
         let rpcError = Self.rpcError(error)
         if rpcError.code == .internalError {
             logger.error("RPC failed", metadata: ["method": "\(method)", "error": "\(error)"])
@@ -182,7 +182,7 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
     // MARK: Plumbing
 
     /// Authenticates, runs `body`, maps errors, records the outcome.
-    private func unary<Request, Response>(
+    func unary<Request, Response>(
         _ method: String, _ request: ServerRequest<Request>, _ context: ServerContext,
         _ body: (Caller, Request) async throws -> Response
     ) async throws -> ServerResponse<Response> {
@@ -199,7 +199,7 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
         }
     }
 
-    private func authenticate(_ metadata: Metadata, _ context: ServerContext) async throws -> Caller {
+    func authenticate(_ metadata: Metadata, _ context: ServerContext) async throws -> Caller {
         var credentials = Credentials(
             authorization: metadata[stringValues: "authorization"].first(where: { _ in true }),
             developmentOrganization: metadata[stringValues: "x-cloudscan-organization"].first(where: { _ in true }),

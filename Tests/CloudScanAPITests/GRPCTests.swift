@@ -44,12 +44,12 @@ struct GRPCTests {
                 let hub = ScanWatchHub(
                     listener: PostgresListener(configuration: db.appConfiguration(), logger: logger),
                     sweepInterval: .seconds(30), logger: logger)
+                let scanRPCs = ScanGRPCService(
+                    service: ScanService(client: app, logger: logger), authenticator: authenticator ?? jwt, hub: hub)
                 let server = GRPCServerService(
                     host: "127.0.0.1", port: 0, tls: try await tls?(org),
                     services: [
-                        ScanGRPCService(
-                            service: ScanService(client: app, logger: logger), authenticator: authenticator ?? jwt,
-                            hub: hub),
+                        scanRPCs, WebhookGRPCService(scans: scanRPCs),
                         HealthService(readiness: { ["postgres": true] }), ReflectionServiceV1(),
                         ReflectionServiceV1Alpha(),
                     ], logger: logger)

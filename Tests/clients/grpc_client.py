@@ -106,8 +106,9 @@ def main():
     print("reflection v1 list:")
     for name in services:
         print("  " + name)
-    check("cloudscan.v1.ScanService" in services and "grpc.health.v1.Health" in services,
-          "reflection v1 lists cloudscan.v1.ScanService and grpc.health.v1.Health")
+    check("cloudscan.v1.ScanService" in services and "cloudscan.v1.WebhookService" in services
+          and "grpc.health.v1.Health" in services,
+          "reflection v1 lists cloudscan.v1.ScanService, cloudscan.v1.WebhookService and grpc.health.v1.Health")
     answers = list(reflection.ServerReflectionInfo(iter([
         refl_v1.ServerReflectionRequest(file_containing_symbol="cloudscan.v1.ScanService.WatchScan"),
         refl_v1.ServerReflectionRequest(file_containing_symbol="no.such.Symbol")])))
@@ -240,6 +241,24 @@ def main():
           f"WatchScan streams the cancel once and ends ({[(e.from_status, e.to_status) for e in rest]})")
     code, _ = code_of(lambda: stub.CancelScan(pb.CancelScanRequest(id=scan.id), metadata=a))
     check(code == grpc.StatusCode.FAILED_PRECONDITION, f"cancelling a finished scan → FAILED_PRECONDITION ({code})")
+
+    # Webhook subscriptions (cloudscan.v1.WebhookService): the secret once, the organization's own only.
+    hooks = pb_grpc.WebhookServiceStub(channel)
+    made = hooks.CreateWebhook(pb.CreateWebhookRequest(url="https://hooks.example/grpc", events=["scan.failed"],
+                                                       minimum_severity=pb.SEVERITY_HIGH), metadata=a)
+    check(made.secret.startswith("whsec_") and list(made.events) == ["scan.failed"]
+          and made.minimum_severity == pb.SEVERITY_HIGH and made.payload_format == "json",
+          "CreateWebhook answers the subscription with its generated secret")
+    listed = hooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=a).webhooks
+    check([w.id for w in listed] == [made.id] and listed[0].secret == "", "ListWebhooks shows it, without the secret")
+    check(list(hooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=b).webhooks) == [],
+          "B: ListWebhooks shows none of A's")
+    check(code_of(lambda: hooks.DeleteWebhook(pb.DeleteWebhookRequest(id=made.id), metadata=b))[0]
+          == grpc.StatusCode.NOT_FOUND, "B: DeleteWebhook of A's → NOT_FOUND")
+    code, _ = code_of(lambda: hooks.CreateWebhook(pb.CreateWebhookRequest(url="ftp://x/y"), metadata=a))
+    check(code == grpc.StatusCode.INVALID_ARGUMENT, f"CreateWebhook with a bad URL → INVALID_ARGUMENT ({code})")
+    hooks.DeleteWebhook(pb.DeleteWebhookRequest(id=made.id), metadata=a)
+    check(list(hooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=a).webhooks) == [], "DeleteWebhook removes it")
 
     print(f"{failures} failures")
     sys.exit(1 if failures else 0)

@@ -1627,3 +1627,777 @@ extension Cloudscan_V1_ScanService.ClientProtocol {
         )
     }
 }
+
+// MARK: - cloudscan.v1.WebhookService
+
+/// Namespace containing generated types for the "cloudscan.v1.WebhookService" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Cloudscan_V1_WebhookService: Sendable {
+    /// Service descriptor for the "cloudscan.v1.WebhookService" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.WebhookService")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "CreateWebhook" metadata.
+        public enum CreateWebhook: Sendable {
+            /// Request type for "CreateWebhook".
+            public typealias Input = Cloudscan_V1_CreateWebhookRequest
+            /// Response type for "CreateWebhook".
+            public typealias Output = Cloudscan_V1_Webhook
+            /// Descriptor for "CreateWebhook".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.WebhookService"),
+                method: "CreateWebhook",
+                type: .unary
+            )
+        }
+        /// Namespace for "ListWebhooks" metadata.
+        public enum ListWebhooks: Sendable {
+            /// Request type for "ListWebhooks".
+            public typealias Input = Cloudscan_V1_ListWebhooksRequest
+            /// Response type for "ListWebhooks".
+            public typealias Output = Cloudscan_V1_ListWebhooksResponse
+            /// Descriptor for "ListWebhooks".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.WebhookService"),
+                method: "ListWebhooks",
+                type: .unary
+            )
+        }
+        /// Namespace for "DeleteWebhook" metadata.
+        public enum DeleteWebhook: Sendable {
+            /// Request type for "DeleteWebhook".
+            public typealias Input = Cloudscan_V1_DeleteWebhookRequest
+            /// Response type for "DeleteWebhook".
+            public typealias Output = Cloudscan_V1_DeleteWebhookResponse
+            /// Descriptor for "DeleteWebhook".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.WebhookService"),
+                method: "DeleteWebhook",
+                type: .unary
+            )
+        }
+        /// Descriptors for all methods in the "cloudscan.v1.WebhookService" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            CreateWebhook.descriptor,
+            ListWebhooks.descriptor,
+            DeleteWebhook.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "cloudscan.v1.WebhookService" service.
+    public static let cloudscan_v1_WebhookService = GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.WebhookService")
+}
+
+// MARK: cloudscan.v1.WebhookService (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_WebhookService {
+    /// Streaming variant of the service protocol for the "cloudscan.v1.WebhookService" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The caller's organization's webhook subscriptions (what /api/v1/webhooks offers). Deliveries
+    /// > of scan.completed / scan.failed are signed: `X-Cloudscan-Signature: t=<unix seconds>,v1=<hex
+    /// > HMAC-SHA256(secret, "<t>.<body>")>`.
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "CreateWebhook" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The secret is in the answer here only (generated when the request has none).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_CreateWebhookRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_Webhook` messages.
+        func createWebhook(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_CreateWebhookRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Webhook>
+
+        /// Handle the "ListWebhooks" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_ListWebhooksRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_ListWebhooksResponse` messages.
+        func listWebhooks(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_ListWebhooksRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_ListWebhooksResponse>
+
+        /// Handle the "DeleteWebhook" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > NOT_FOUND for an unknown subscription, or another organization's.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_DeleteWebhookRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_DeleteWebhookResponse` messages.
+        func deleteWebhook(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_DeleteWebhookRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_DeleteWebhookResponse>
+    }
+
+    /// Service protocol for the "cloudscan.v1.WebhookService" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The caller's organization's webhook subscriptions (what /api/v1/webhooks offers). Deliveries
+    /// > of scan.completed / scan.failed are signed: `X-Cloudscan-Signature: t=<unix seconds>,v1=<hex
+    /// > HMAC-SHA256(secret, "<t>.<body>")>`.
+    public protocol ServiceProtocol: Cloudscan_V1_WebhookService.StreamingServiceProtocol {
+        /// Handle the "CreateWebhook" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The secret is in the answer here only (generated when the request has none).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_CreateWebhookRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_Webhook` message.
+        func createWebhook(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_CreateWebhookRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Webhook>
+
+        /// Handle the "ListWebhooks" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ListWebhooksRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_ListWebhooksResponse` message.
+        func listWebhooks(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_ListWebhooksRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_ListWebhooksResponse>
+
+        /// Handle the "DeleteWebhook" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > NOT_FOUND for an unknown subscription, or another organization's.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_DeleteWebhookRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_DeleteWebhookResponse` message.
+        func deleteWebhook(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_DeleteWebhookRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_DeleteWebhookResponse>
+    }
+
+    /// Simple service protocol for the "cloudscan.v1.WebhookService" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The caller's organization's webhook subscriptions (what /api/v1/webhooks offers). Deliveries
+    /// > of scan.completed / scan.failed are signed: `X-Cloudscan-Signature: t=<unix seconds>,v1=<hex
+    /// > HMAC-SHA256(secret, "<t>.<body>")>`.
+    public protocol SimpleServiceProtocol: Cloudscan_V1_WebhookService.ServiceProtocol {
+        /// Handle the "CreateWebhook" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The secret is in the answer here only (generated when the request has none).
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_CreateWebhookRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_Webhook` to respond with.
+        func createWebhook(
+            request: Cloudscan_V1_CreateWebhookRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_Webhook
+
+        /// Handle the "ListWebhooks" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_ListWebhooksRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_ListWebhooksResponse` to respond with.
+        func listWebhooks(
+            request: Cloudscan_V1_ListWebhooksRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_ListWebhooksResponse
+
+        /// Handle the "DeleteWebhook" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > NOT_FOUND for an unknown subscription, or another organization's.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_DeleteWebhookRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_DeleteWebhookResponse` to respond with.
+        func deleteWebhook(
+            request: Cloudscan_V1_DeleteWebhookRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_DeleteWebhookResponse
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_WebhookService.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Cloudscan_V1_WebhookService.Method.CreateWebhook.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_CreateWebhookRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_Webhook>(),
+            handler: { request, context in
+                try await self.createWebhook(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cloudscan_V1_WebhookService.Method.ListWebhooks.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_ListWebhooksRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_ListWebhooksResponse>(),
+            handler: { request, context in
+                try await self.listWebhooks(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cloudscan_V1_WebhookService.Method.DeleteWebhook.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_DeleteWebhookRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_DeleteWebhookResponse>(),
+            handler: { request, context in
+                try await self.deleteWebhook(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_WebhookService.ServiceProtocol {
+    public func createWebhook(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_CreateWebhookRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Webhook> {
+        let response = try await self.createWebhook(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func listWebhooks(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_ListWebhooksRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_ListWebhooksResponse> {
+        let response = try await self.listWebhooks(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func deleteWebhook(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_DeleteWebhookRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_DeleteWebhookResponse> {
+        let response = try await self.deleteWebhook(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_WebhookService.SimpleServiceProtocol {
+    public func createWebhook(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_CreateWebhookRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Webhook> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_Webhook>(
+            message: try await self.createWebhook(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listWebhooks(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_ListWebhooksRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_ListWebhooksResponse> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_ListWebhooksResponse>(
+            message: try await self.listWebhooks(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func deleteWebhook(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_DeleteWebhookRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_DeleteWebhookResponse> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_DeleteWebhookResponse>(
+            message: try await self.deleteWebhook(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+}
+
+// MARK: cloudscan.v1.WebhookService (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_WebhookService {
+    /// Generated client protocol for the "cloudscan.v1.WebhookService" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The caller's organization's webhook subscriptions (what /api/v1/webhooks offers). Deliveries
+    /// > of scan.completed / scan.failed are signed: `X-Cloudscan-Signature: t=<unix seconds>,v1=<hex
+    /// > HMAC-SHA256(secret, "<t>.<body>")>`.
+    public protocol ClientProtocol: Sendable {
+        /// Call the "CreateWebhook" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The secret is in the answer here only (generated when the request has none).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_CreateWebhookRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_CreateWebhookRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Webhook` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func createWebhook<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_CreateWebhookRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_CreateWebhookRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Webhook>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Webhook>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListWebhooks" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ListWebhooksRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_ListWebhooksRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_ListWebhooksResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listWebhooks<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_ListWebhooksRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_ListWebhooksRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_ListWebhooksResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListWebhooksResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "DeleteWebhook" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > NOT_FOUND for an unknown subscription, or another organization's.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_DeleteWebhookRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_DeleteWebhookRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_DeleteWebhookResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func deleteWebhook<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_DeleteWebhookRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_DeleteWebhookRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_DeleteWebhookResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_DeleteWebhookResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "cloudscan.v1.WebhookService" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The caller's organization's webhook subscriptions (what /api/v1/webhooks offers). Deliveries
+    /// > of scan.completed / scan.failed are signed: `X-Cloudscan-Signature: t=<unix seconds>,v1=<hex
+    /// > HMAC-SHA256(secret, "<t>.<body>")>`.
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "CreateWebhook" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The secret is in the answer here only (generated when the request has none).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_CreateWebhookRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_CreateWebhookRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Webhook` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func createWebhook<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_CreateWebhookRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_CreateWebhookRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Webhook>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Webhook>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_WebhookService.Method.CreateWebhook.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ListWebhooks" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ListWebhooksRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_ListWebhooksRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_ListWebhooksResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listWebhooks<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_ListWebhooksRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_ListWebhooksRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_ListWebhooksResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListWebhooksResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_WebhookService.Method.ListWebhooks.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "DeleteWebhook" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > NOT_FOUND for an unknown subscription, or another organization's.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_DeleteWebhookRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_DeleteWebhookRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_DeleteWebhookResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func deleteWebhook<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_DeleteWebhookRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_DeleteWebhookRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_DeleteWebhookResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_DeleteWebhookResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_WebhookService.Method.DeleteWebhook.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_WebhookService.ClientProtocol {
+    /// Call the "CreateWebhook" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The secret is in the answer here only (generated when the request has none).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_CreateWebhookRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createWebhook<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_CreateWebhookRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Webhook>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.createWebhook(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_CreateWebhookRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_Webhook>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListWebhooks" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_ListWebhooksRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listWebhooks<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_ListWebhooksRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListWebhooksResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listWebhooks(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_ListWebhooksRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_ListWebhooksResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeleteWebhook" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > NOT_FOUND for an unknown subscription, or another organization's.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_DeleteWebhookRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deleteWebhook<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_DeleteWebhookRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_DeleteWebhookResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.deleteWebhook(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_DeleteWebhookRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_DeleteWebhookResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_WebhookService.ClientProtocol {
+    /// Call the "CreateWebhook" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The secret is in the answer here only (generated when the request has none).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createWebhook<Result>(
+        _ message: Cloudscan_V1_CreateWebhookRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Webhook>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_CreateWebhookRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.createWebhook(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListWebhooks" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listWebhooks<Result>(
+        _ message: Cloudscan_V1_ListWebhooksRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListWebhooksResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_ListWebhooksRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listWebhooks(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeleteWebhook" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > NOT_FOUND for an unknown subscription, or another organization's.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deleteWebhook<Result>(
+        _ message: Cloudscan_V1_DeleteWebhookRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_DeleteWebhookResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_DeleteWebhookRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.deleteWebhook(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
