@@ -46,6 +46,19 @@ final class StorageStub: Sendable {
                 status: .ok, headers: [.contentType: "application/json"],
                 body: .init(byteBuffer: ByteBuffer(string: body)))
         }
+        // DeleteArtifact (the cleaner): 204 for the organization's, 404 when already gone, 403 for
+        // another organization's, 500 for `s3://bucket/<org>/stuck`.
+        router.delete("/v1/artifacts") { request, _ -> Response in
+            guard request.headers[.authorization] == "Bearer storage-token" else {
+                return Response(status: .unauthorized)
+            }
+            let org = request.headers.first { $0.name.canonicalName == "x-organization-id" }?.value ?? ""
+            let ref = request.uri.queryParameters["ref"].map(String.init) ?? ""
+            guard ref.hasPrefix("s3://bucket/\(org)/") else { return Response(status: .forbidden) }
+            if ref.hasSuffix("/stuck") { return Response(status: .internalServerError) }
+            if ref.contains("gone") { return Response(status: .notFound) }
+            return Response(status: .noContent)
+        }
         var logger = Logger(label: "storage")
         logger.logLevel = .critical
         let app = Application(
@@ -62,6 +75,23 @@ final class StorageStub: Sendable {
 
 @Suite("Artifact references (storage GetArtifact contract, in-test server)")
 struct ArtifactResolverTests {
+    @Test("DeleteArtifact (the cleaner): deleted or already gone is done; refused, failing or unreachable is not")
+    func delete() async throws {
+        let storage = try await StorageStub.start()
+        defer { storage.stop() }
+        let org = UUID()
+        let mine = "s3://bucket/\(org.uuidString.lowercased())"
+        let resolver = ArtifactResolver(storageURL: storage.url, token: "storage-token")
+        #expect(await resolver.delete("\(mine)/a.tgz", organizationID: org))
+        #expect(await resolver.delete("\(mine)/gone.tgz", organizationID: org), "404: already gone")
+        #expect(await resolver.delete("\(mine)/stuck", organizationID: org) == false, "500: try again later")
+        #expect(await resolver.delete("s3://bucket/\(UUID().uuidString.lowercased())/a.tgz", organizationID: org) == false)
+        #expect(await resolver.delete("https://x/a.tgz", organizationID: org) == false, "not the storage service's")
+        #expect(
+            await ArtifactResolver(storageURL: "http://127.0.0.1:9", token: "t").delete("\(mine)/a", organizationID: org)
+                == false)
+    }
+
     @Test("https/file as they are; s3:// → the presigned URL; 404 and 403 are permanent, 5xx and no server transient")
     func resolver() async throws {
         let storage = try await StorageStub.start()
