@@ -85,10 +85,12 @@ struct ArtifactResolverTests {
         #expect(await resolver.delete("\(mine)/a.tgz", organizationID: org))
         #expect(await resolver.delete("\(mine)/gone.tgz", organizationID: org), "404: already gone")
         #expect(await resolver.delete("\(mine)/stuck", organizationID: org) == false, "500: try again later")
-        #expect(await resolver.delete("s3://bucket/\(UUID().uuidString.lowercased())/a.tgz", organizationID: org) == false)
+        #expect(
+            await resolver.delete("s3://bucket/\(UUID().uuidString.lowercased())/a.tgz", organizationID: org) == false)
         #expect(await resolver.delete("https://x/a.tgz", organizationID: org) == false, "not the storage service's")
         #expect(
-            await ArtifactResolver(storageURL: "http://127.0.0.1:9", token: "t").delete("\(mine)/a", organizationID: org)
+            await ArtifactResolver(storageURL: "http://127.0.0.1:9", token: "t").delete(
+                "\(mine)/a", organizationID: org)
                 == false)
     }
 
