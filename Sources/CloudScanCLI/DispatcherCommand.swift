@@ -71,14 +71,8 @@ struct DispatcherParts {
             artifacts: ArtifactResolver(storageURL: environment["STORAGE_URL"], token: environment["STORAGE_TOKEN"]),
             tokens: try RunnerTokenMinter(secret: secret), logger: logger)
         func consumer(_ queue: String, _ handler: @escaping AMQPConsumerService.Handler) -> AMQPConsumerService {
-            let delays = topology.workQueues.first { $0.name == queue }?.retryDelaysSeconds ?? [5, 30, 300]
-            return AMQPConsumerService(
-                consumer: AMQPConsumer(
-                    configuration: .init(broker: broker, queue: queue, prefetch: concurrency * 2), logger: logger),
-                configuration: .init(
-                    concurrency: concurrency,
-                    deadLetter: .init(publisher: publisher, exchange: Exchanges.deadLetter, routingKey: queue),
-                    delay: .init(publisher: publisher, queue: queue, delaysSeconds: delays)),
+            .workQueue(
+                queue, broker: broker, publisher: publisher, topology: topology, concurrency: concurrency,
                 logger: logger, handler: handler)
         }
         var roles: [any Service] = [

@@ -33,14 +33,9 @@ struct NotifierParts {
                 queue: queue, retryDelaysSeconds: delays,
                 timeout: .seconds(Int(environment["WEBHOOK_TIMEOUT_SECONDS"] ?? "") ?? 10)),
             logger: logger)
-        service = AMQPConsumerService(
-            consumer: AMQPConsumer(
-                configuration: .init(broker: broker, queue: queue, prefetch: concurrency * 2), logger: logger),
-            configuration: .init(
-                concurrency: concurrency,
-                deadLetter: .init(publisher: publisher, exchange: Exchanges.deadLetter, routingKey: queue),
-                delay: .init(publisher: publisher, queue: queue, delaysSeconds: delays)),
-            logger: logger, handler: notifier.handle)
+        service = AMQPConsumerService.workQueue(
+            queue, broker: broker, publisher: publisher, topology: topology, concurrency: concurrency,
+            connectionName: "cloudscan-notifier", logger: logger, handler: notifier.handle)
     }
 
     func close() async {

@@ -73,19 +73,10 @@ struct WriterParts {
         if roles.contains(.status) {
             let queue = "cloudscan.status.ingest"
             let writer = StatusWriter(client: client, tokens: tokens, logger: logger)
-            let delays = topology.workQueues.first { $0.name == queue }?.retryDelaysSeconds ?? [5, 30]
             services.append(
-                AMQPConsumerService(
-                    consumer: AMQPConsumer(
-                        configuration: .init(
-                            broker: broker, queue: queue, prefetch: statusConcurrency * 2,
-                            connectionName: "cloudscan-status-writer"),
-                        logger: logger),
-                    configuration: .init(
-                        concurrency: statusConcurrency,
-                        deadLetter: .init(publisher: publisher, exchange: Exchanges.deadLetter, routingKey: queue),
-                        delay: .init(publisher: publisher, queue: queue, delaysSeconds: delays)),
-                    logger: logger, handler: writer.handle))
+                AMQPConsumerService.workQueue(
+                    queue, broker: broker, publisher: publisher, topology: topology, concurrency: statusConcurrency,
+                    connectionName: "cloudscan-status-writer", logger: logger, handler: writer.handle))
         }
         self.services = services
     }

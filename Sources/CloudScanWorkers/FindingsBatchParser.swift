@@ -445,25 +445,30 @@ private struct Parser {
         i += n
     }
 
+    /// An object at `{`: calls `each` with every member's name, the value next for it to consume.
+    mutating func members(_ each: (inout Parser, StringToken) throws(Syntax) -> Void) throws(Syntax) {
+        try expect(0x7B)
+        skipWhitespace()
+        if byte == 0x7D {
+            i += 1
+            return
+        }
+        repeat {
+            skipWhitespace()
+            let name = try string()
+            skipWhitespace()
+            try expect(0x3A)
+            skipWhitespace()
+            try each(&self, name)
+        } while try next(close: 0x7D)
+    }
+
     /// Checks and consumes any JSON value.
     mutating func skipValue(depth: Int) throws(Syntax) {
         guard depth < Self.maximumDepth else { throw Syntax() }
         switch byte {
         case 0x7B:  // {
-            i += 1
-            skipWhitespace()
-            if byte == 0x7D {
-                i += 1
-                return
-            }
-            repeat {
-                skipWhitespace()
-                _ = try string()
-                skipWhitespace()
-                try expect(0x3A)
-                skipWhitespace()
-                try skipValue(depth: depth + 1)
-            } while try next(close: 0x7D)
+            try members { parser, _ throws(Syntax) in try parser.skipValue(depth: depth + 1) }
         case 0x5B:  // [
             i += 1
             skipWhitespace()
@@ -494,43 +499,32 @@ private struct Parser {
             return
         }
         topIsObject = true
-        i += 1
-        skipWhitespace()
-        if byte == 0x7D {
-            i += 1
-        } else {
-            repeat {
-                skipWhitespace()
-                let name = try string()
-                skipWhitespace()
-                try expect(0x3A)
-                skipWhitespace()
-                if key(name, is: "findings") {
-                    // Given twice, the last one counts.
-                    findings.removeAll()
-                    cweSpans.removeAll()
-                    findingsError = nil
-                    if byte == 0x5B {
-                        findingsFound = .value(try findingsArray())
-                    } else {
-                        try skipValue(depth: 0)
-                        findingsFound = .wrongType
-                    }
-                } else if key(name, is: "scan_id") {
-                    scanID = try stringField()
-                } else if key(name, is: "organization_id") {
-                    organizationID = try stringField()
-                } else if key(name, is: "runner_token") {
-                    runnerToken = try stringField()
-                } else if key(name, is: "attempt") {
-                    attempt = .value(try integer(minimum: 0))
-                } else if key(name, is: "batch_index") {
-                    batchIndex = .value(try integer(minimum: 0))
+        try members { parser, name throws(Syntax) in
+            if parser.key(name, is: "findings") {
+                // Given twice, the last one counts.
+                parser.findings.removeAll()
+                parser.cweSpans.removeAll()
+                parser.findingsError = nil
+                if parser.byte == 0x5B {
+                    parser.findingsFound = .value(try parser.findingsArray())
                 } else {
-                    if unknownTopKey == nil { unknownTopKey = text(name) }
-                    try skipValue(depth: 0)
+                    try parser.skipValue(depth: 0)
+                    parser.findingsFound = .wrongType
                 }
-            } while try next(close: 0x7D)
+            } else if parser.key(name, is: "scan_id") {
+                parser.scanID = try parser.stringField()
+            } else if parser.key(name, is: "organization_id") {
+                parser.organizationID = try parser.stringField()
+            } else if parser.key(name, is: "runner_token") {
+                parser.runnerToken = try parser.stringField()
+            } else if parser.key(name, is: "attempt") {
+                parser.attempt = .value(try parser.integer(minimum: 0))
+            } else if parser.key(name, is: "batch_index") {
+                parser.batchIndex = .value(try parser.integer(minimum: 0))
+            } else {
+                if parser.unknownTopKey == nil { parser.unknownTopKey = parser.text(name) }
+                try parser.skipValue(depth: 0)
+            }
         }
         skipWhitespace()
         guard i == p.count else { throw Syntax() }
@@ -602,7 +596,6 @@ private struct Parser {
             fail(index, ": not an object")
             return
         }
-        i += 1
         typealias Span = FindingsBatchParser.Span
         var scanner: Checked<Span> = .missing
         var ruleID: Checked<Span> = .missing
@@ -616,44 +609,36 @@ private struct Parser {
         var fingerprint: Checked<Span> = .missing
         var raw: Checked<Span> = .missing
         var unknownKey: String?
-        skipWhitespace()
-        if byte == 0x7D {
-            i += 1
-        } else {
-            repeat {
-                skipWhitespace()
-                let name = try string()
-                skipWhitespace()
-                try expect(0x3A)
-                skipWhitespace()
-                if key(name, is: "scanner") {
-                    scanner = try findingString("scanner", maxLength: 100)
-                } else if key(name, is: "rule_id") {
-                    ruleID = try findingString("rule_id", maxLength: 500)
-                } else if key(name, is: "severity") {
-                    severity = try severityField()
-                } else if key(name, is: "title") {
-                    title = try findingString("title", maxLength: 1000)
-                } else if key(name, is: "message") {
-                    message = try findingString("message", minLength: 0, maxLength: 10000)
-                } else if key(name, is: "path") {
-                    path = try findingString("path", minLength: 0, maxLength: 4096)
-                } else if key(name, is: "line") {
-                    line = try integerField("line")
-                } else if key(name, is: "column") {
-                    column = try integerField("column")
-                } else if key(name, is: "cwe") {
-                    if case .value(let earlier) = cwe { cweSpans.removeLast(cweSpans.count - Int(earlier.lowerBound)) }
-                    cwe = try cweField()
-                } else if key(name, is: "fingerprint") {
-                    fingerprint = try findingString("fingerprint", maxLength: 256)
-                } else if key(name, is: "raw") {
-                    raw = try rawField()
-                } else {
-                    if unknownKey == nil { unknownKey = text(name) }
-                    try skipValue(depth: 1)
+        try members { parser, name throws(Syntax) in
+            if parser.key(name, is: "scanner") {
+                scanner = try parser.findingString("scanner", maxLength: 100)
+            } else if parser.key(name, is: "rule_id") {
+                ruleID = try parser.findingString("rule_id", maxLength: 500)
+            } else if parser.key(name, is: "severity") {
+                severity = try parser.severityField()
+            } else if parser.key(name, is: "title") {
+                title = try parser.findingString("title", maxLength: 1000)
+            } else if parser.key(name, is: "message") {
+                message = try parser.findingString("message", minLength: 0, maxLength: 10000)
+            } else if parser.key(name, is: "path") {
+                path = try parser.findingString("path", minLength: 0, maxLength: 4096)
+            } else if parser.key(name, is: "line") {
+                line = try parser.integerField("line")
+            } else if parser.key(name, is: "column") {
+                column = try parser.integerField("column")
+            } else if parser.key(name, is: "cwe") {
+                if case .value(let earlier) = cwe {
+                    parser.cweSpans.removeLast(parser.cweSpans.count - Int(earlier.lowerBound))
                 }
-            } while try next(close: 0x7D)
+                cwe = try parser.cweField()
+            } else if parser.key(name, is: "fingerprint") {
+                fingerprint = try parser.findingString("fingerprint", maxLength: 256)
+            } else if parser.key(name, is: "raw") {
+                raw = try parser.rawField()
+            } else {
+                if unknownKey == nil { unknownKey = parser.text(name) }
+                try parser.skipValue(depth: 1)
+            }
         }
         if let unknownKey { return fail(index, ".\(unknownKey): not a field of a finding") }
         func required<T>(_ field: Checked<T>, _ name: String) -> T? {
