@@ -93,7 +93,11 @@ struct DailyCleaner: Service {
         try await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 let next = Self.next(after: Date(), hour: hour, minute: minute)
-                try await Task.sleep(for: .seconds(next.timeIntervalSinceNow))
+                do {
+                    try await Task.sleep(for: .seconds(next.timeIntervalSinceNow))
+                } catch {
+                    return  // shutting down
+                }
                 do {
                     _ = try await cleaner.run()
                 } catch is CancellationError {

@@ -3,6 +3,7 @@ import CloudScanAMQP
 import CloudScanDispatcher
 import CloudScanPostgres
 import CloudScanStore
+import CloudScanWorkers
 import Foundation
 import ServiceLifecycle
 
@@ -65,12 +66,23 @@ struct Dev: AsyncParsableCommand {
             configuration: try SweeperSettings.configuration(ProcessInfo.processInfo.environment), logger: logger)
         let notifier = try NotifierParts(
             database: configuration, broker: broker, topology: loadedTopology, logger: logger)
+        // Retention, daily at CLEANER_AT (UTC, default 00:00), on the sweeper's client.
+        let environment = ProcessInfo.processInfo.environment
+        let storage = ArtifactResolver(storageURL: environment["STORAGE_URL"], token: environment["STORAGE_TOKEN"])
+        guard let (hour, minute) = CleanerCommand.parse(environment["CLEANER_AT"] ?? "00:00") else {
+            throw ValidationError("CLEANER_AT: HH:MM (UTC)")
+        }
+        let cleaner = DailyCleaner(
+            cleaner: RetentionCleaner(
+                client: sweeperClient, deleteArtifact: { await storage.delete($0, organizationID: $1) },
+                logger: logger),
+            hour: hour, minute: minute, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: api.services + dispatcher.services + writers.services + [sweeper, notifier.service],
+                services: api.services + dispatcher.services + writers.services + [sweeper, notifier.service, cleaner],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.notice(
-            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999; relay, dispatcher (local runners), findings and status writers, sweeper, notifier running"
+            "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999; relay, dispatcher (local runners), findings and status writers, sweeper, notifier, cleaner running"
         )
         try await group.run()
         await writers.close()
