@@ -1,0 +1,152 @@
+import CloudScanCore
+import CloudScanPostgres
+import CloudScanTestSupport
+import Foundation
+import Testing
+
+/// The whole fleet as a newcomer runs it: `cloudscan dev` (its own schema, virtual host and
+/// ports), the README's sample scan (`scripts/sample_scan.py`: one scan created over HTTP, one over
+/// gRPC, followed by WatchScan), real scanners on the sample repository, and a webhook receiver.
+@Suite("end to end (cloudscan dev, real scanners)")
+struct EndToEndTests {
+    static let binary = TestDatabase.repositoryRoot.appendingPathComponent(".build/debug/cloudscan").path
+
+    static func freePort() async throws -> Int {
+        let (_, output) = try await runCommandCapturingOutput([
+            "python3", "-c",
+            "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])",
+        ])
+        return try #require(Int(output.trimmingCharacters(in: .whitespacesAndNewlines)))
+    }
+
+    @Test(
+        "HTTP and gRPC creates → relay → dispatcher → local runners (real scanners) → writers → completed; findings, events in order, a signed webhook per scan, metrics"
+    )
+    func sampleScans() async throws {
+        await FleetVirtualHosts.shared.acquire()
+        defer { Task { await FleetVirtualHosts.shared.release() } }
+        let vhost = "test-e2e-\(UUID().uuidString.prefix(8).lowercased())"
+        try await TestBroker.addVirtualHost(vhost)
+        defer { Task { await TestBroker.deleteVirtualHost(vhost) } }
+        try await TestDatabase.withSchema("e2e") { db in
+            let owner = PostgresClient(
+                configuration: db.ownerConfiguration(maximumConnections: 2), logger: TestDatabase.logger("e2e"))
+            defer { Task { await owner.shutdown() } }
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("e2e-\(UUID())")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let (httpPort, grpcPort) = (try await Self.freePort(), try await Self.freePort())
+            let log = directory.appendingPathComponent("dev.log").path
+            let dev = try BackgroundCommand(
+                [Self.binary, "dev"],
+                environment: [
+                    "DATABASE_URL":
+                        "postgresql://\(TestDatabase.ownerUser):\(TestDatabase.ownerPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+                    "DB_SCHEMA": db.schema,
+                    "AMQP_URL":
+                        "amqp://\(TestBroker.user):\(TestBroker.password)@\(TestBroker.host):\(TestBroker.port)/\(vhost)",
+                    "HTTP_PORT": String(httpPort), "GRPC_PORT": String(grpcPort),
+                    "CLOUDSCAN_OSV_DIR": TestDatabase.repositoryRoot.appendingPathComponent("Tests/Fixtures/osv").path,
+                    "LOG_LEVEL": "notice",
+                ], logFile: log)
+            func devLog() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+            do {
+                let deadline = ContinuousClock.now + .seconds(60)
+                while !devLog().contains("cloudscan dev is up"), ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                try #require(devLog().contains("cloudscan dev is up"), "\(devLog().suffix(3000))")
+                // The sample organization (as the admin API will make it).
+                let (org, _) = try await TestDatabase.seedOrganization(owner, projectKey: "sample")
+                let base = "http://127.0.0.1:\(httpPort)"
+                // A webhook receiver checking signatures with Python's hmac, subscribed over HTTP.
+                let hooks = directory.appendingPathComponent("hooks")
+                try FileManager.default.createDirectory(at: hooks, withIntermediateDirectories: true)
+                let portFile = hooks.appendingPathComponent("port").path
+                let secret = "whsec_end-to-end-secret"
+                let receiver = try BackgroundCommand(
+                    [
+                        "python3",
+                        TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/webhook_receiver.py").path,
+                        hooks.path, secret, portFile,
+                    ], environment: [:], logFile: hooks.appendingPathComponent("receiver.log").path)
+                defer { Task { _ = await receiver.stop(SIGKILL) } }
+                var hookPort: Int?
+                for _ in 0..<200 where hookPort == nil {
+                    hookPort = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { Int($0) }
+                    if hookPort == nil { try await Task.sleep(for: .milliseconds(25)) }
+                }
+                let (_, subscribed) = try await runCommandCapturingOutput([
+                    "curl", "-s", "-X", "POST", "\(base)/api/v1/webhooks", "-H", "X-Cloudscan-Organization: \(org)",
+                    "-H", "Content-Type: application/json", "-d",
+                    #"{"url":"http://127.0.0.1:\#(try #require(hookPort))/hook/e2e","secret":"\#(secret)","events":["scan.completed"]}"#,
+                ])
+                #expect(subscribed.contains("\"id\""), "\(subscribed)")
+                // The README's sample scan.
+                let archive = directory.appendingPathComponent("sample.tgz").path
+                #expect(
+                    try await runCommand([
+                        "tar", "-czf", archive, "-C",
+                        TestDatabase.repositoryRoot.appendingPathComponent("Tests/Fixtures/sample-repo").path, ".",
+                    ]) == 0)
+                let (status, output) = try await runCommandCapturingOutput([
+                    TestDatabase.repositoryRoot.appendingPathComponent(".venv/bin/python").path,
+                    TestDatabase.repositoryRoot.appendingPathComponent("scripts/sample_scan.py").path,
+                    "--org", org.uuidString.lowercased(), "--artifact", "file://\(archive)", "--http", base,
+                    "--grpc", "127.0.0.1:\(grpcPort)", "--timeout", "300",
+                ])
+                print(output)
+                #expect(status == 0, "both scans completed: \(output.suffix(3000))")
+                let ids = output.split(separator: "\n").compactMap { line -> String? in
+                    guard line.hasPrefix("created over ") else { return nil }
+                    return line.split(separator: " ").dropFirst(3).first.map(String.init)
+                }
+                try #require(ids.count == 2, "\(output)")
+                // Each scan's findings: all 11 scanners, 61 findings (3 critical, 36 high, 12 medium, 10 low).
+                let totals = output.split(separator: "\n").filter { $0.hasPrefix("  all ") }.map {
+                    $0.split(separator: " ").map(String.init)
+                }
+                #expect(totals == Array(repeating: ["all", "3", "36", "12", "10", "0", "61"], count: 2), "\(output)")
+                #expect(output.contains("syft-osv") && output.contains("zizmor") && output.contains("semgrep"))
+                // The timeline of each scan, in order.
+                for id in ids {
+                    let events = try await owner.withTransaction(organizationID: org) { c in
+                        try await c.query(
+                            "SELECT to_status FROM scan_events WHERE scan_id = \(id)::uuid ORDER BY id"
+                        ).map { try $0.decode(String.self, at: 0) }
+                    }
+                    #expect(events == ["queued", "dispatched", "running", "completed"], "\(id): \(events)")
+                }
+                // One signed scan.completed delivery per scan.
+                let deliveries = hooks.appendingPathComponent("e2e.jsonl")
+                let deadline2 = ContinuousClock.now + .seconds(30)
+                var received: [[String: Any]] = []
+                while received.count < 2, ContinuousClock.now < deadline2 {
+                    received = ((try? String(contentsOf: deliveries, encoding: .utf8)) ?? "").split(separator: "\n")
+                        .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                #expect(received.count == 2, "\(received)")
+                #expect(
+                    received.allSatisfy {
+                        $0["verified"] as? Bool == true && $0["event"] as? String == "scan.completed"
+                    })
+                let delivered = Set(received.compactMap { ($0["body"] as? [String: Any])?["scan_id"] as? String })
+                #expect(delivered == Set(ids), "\(delivered) vs \(ids)")
+                #expect(
+                    received.allSatisfy {
+                        (($0["body"] as? [String: Any])?["counts"] as? [String: Any])?["critical"] as? Int == 3
+                    })
+                // Metrics moved: two scans created (one per transport), requests counted per route.
+                let (_, metrics) = try await runCommandCapturingOutput(["curl", "-s", "\(base)/metrics"])
+                #expect(metrics.contains(#"cloudscan_scans_total{status="queued"} 2"#), "\(metrics.prefix(3000))")
+                #expect(metrics.contains(#"transport="grpc""#) && metrics.contains(#"route="CreateScan""#))
+                #expect(metrics.contains(#"route="GET /api/v1/scans/{id}/findings",code="200""#))
+            } catch {
+                _ = await dev.stop(SIGTERM)
+                throw error
+            }
+            #expect(await dev.stop(SIGTERM) == 0, "dev drains and exits 0: \(devLog().suffix(2000))")
+        }
+    }
+}
