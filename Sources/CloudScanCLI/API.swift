@@ -50,7 +50,7 @@ struct APIParts {
         database: PostgresConfiguration, broker: AMQPConfiguration, host: String?, port: Int?, grpcPort: Int?,
         insecureDevelopmentAuth: Bool, relay: Bool, logger: Logger
     ) async throws {
-        let environment = ProcessInfo.processInfo.environment
+        let environment = FleetSettings.values
         var bearer: any Authenticator
         if insecureDevelopmentAuth {
             logger.critical(

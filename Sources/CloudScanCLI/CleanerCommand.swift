@@ -28,7 +28,7 @@ struct CleanerCommand: AsyncParsableCommand {
     @Option(help: "Daily run time, HH:MM UTC (env CLEANER_AT; default 00:00).") var at: String?
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
+        let environment = FleetSettings.values
         let logger = try database.makeLogger(label: "cloudscan.cleaner")
         let client = PostgresClient(
             configuration: try database.postgresConfiguration(applicationName: "cloudscan-cleaner"), logger: logger)
@@ -36,9 +36,9 @@ struct CleanerCommand: AsyncParsableCommand {
         let cleaner = RetentionCleaner(
             client: client, deleteArtifact: { await storage.delete($0, organizationID: $1) },
             configuration: .init(
-                batchScans: Int(environment["CLEANER_BATCH_SCANS"] ?? "") ?? 500,
-                batchFindings: Int(environment["CLEANER_BATCH_FINDINGS"] ?? "") ?? 50_000,
-                outboxKeepDays: Int(environment["OUTBOX_KEEP_DAYS"] ?? "") ?? 7),
+                batchScans: try FleetSettings.integer("CLEANER_BATCH_SCANS", 500, from: environment),
+                batchFindings: try FleetSettings.integer("CLEANER_BATCH_FINDINGS", 50_000, from: environment),
+                outboxKeepDays: try FleetSettings.integer("OUTBOX_KEEP_DAYS", 7, from: environment)),
             logger: logger)
         if once || dryRun {
             let report = try await cleaner.run(dryRun: dryRun)
@@ -54,7 +54,7 @@ struct CleanerCommand: AsyncParsableCommand {
         guard let (hour, minute) = Self.parse(time) else { throw ValidationError("--at: HH:MM (UTC), not \(time)") }
         let metrics = FleetMetrics()
         metrics.bootstrap()
-        let port = Int(environment["METRICS_PORT"] ?? "") ?? 9103
+        let port = try FleetSettings.integer("METRICS_PORT", 9103, in: 0...65535, from: environment)
         let group = ServiceGroup(
             configuration: .init(
                 services: [

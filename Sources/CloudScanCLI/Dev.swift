@@ -31,14 +31,14 @@ struct Dev: AsyncParsableCommand {
         logger.info("schema ready", metadata: ["applied": "\(applied)"])
 
         let broker = try AMQPConfiguration(
-            url: amqpURL ?? ProcessInfo.processInfo.environment["AMQP_URL"]
+            url: amqpURL ?? FleetSettings.values["AMQP_URL"]
                 ?? "amqp://cloudscan:cloudscan@127.0.0.1:5672/cloudscan")
         let server = try await AMQPProbe.serverProperties(broker)
         logger.info(
             "broker reachable",
             metadata: ["product": "\(server["product"] ?? "?")", "version": "\(server["version"] ?? "?")"])
         let topologyFile = try locateRepositoryFile(
-            "topology/topology.json", flag: topology ?? ProcessInfo.processInfo.environment["TOPOLOGY_FILE"])
+            "topology/topology.json", flag: topology ?? FleetSettings.values["TOPOLOGY_FILE"])
         let loadedTopology = try AMQPTopology.load(from: topologyFile)
         let report = try await loadedTopology.apply(broker: broker)
         for problem in report.problems { logger.error("topology drift", metadata: ["problem": "\(problem.message)"]) }
@@ -57,17 +57,17 @@ struct Dev: AsyncParsableCommand {
             logger: logger)
         let writers = try WriterParts(
             roles: [.findings, .status], database: configuration, broker: broker, topology: loadedTopology,
-            tokens: try runnerTokenMinter(ProcessInfo.processInfo.environment, development: true, logger: logger),
+            tokens: try runnerTokenMinter(FleetSettings.values, development: true, logger: logger),
             logger: logger)
         // The sweeper reconciles the local runners (they live in this process) with their scans.
         let sweeperClient = PostgresClient(configuration: configuration, logger: logger)
         let sweeper = Sweeper(
             client: sweeperClient, inventory: dispatcher.localBackend!,
-            configuration: try SweeperSettings.configuration(ProcessInfo.processInfo.environment), logger: logger)
+            configuration: try SweeperSettings.configuration(FleetSettings.values), logger: logger)
         let notifier = try NotifierParts(
             database: configuration, broker: broker, topology: loadedTopology, logger: logger)
         // Retention, daily at CLEANER_AT (UTC, default 00:00), on the sweeper's client.
-        let environment = ProcessInfo.processInfo.environment
+        let environment = FleetSettings.values
         let storage = ArtifactResolver(storageURL: environment["STORAGE_URL"], token: environment["STORAGE_TOKEN"])
         guard let (hour, minute) = CleanerCommand.parse(environment["CLEANER_AT"] ?? "00:00") else {
             throw ValidationError("CLEANER_AT: HH:MM (UTC)")

@@ -20,7 +20,7 @@ struct DispatcherParts {
 
     init(
         database: PostgresConfiguration, broker: AMQPConfiguration, backend kind: BackendKind, topology: AMQPTopology,
-        concurrency: Int, environment: [String: String] = ProcessInfo.processInfo.environment, logger: Logger
+        concurrency: Int, environment: [String: String] = FleetSettings.values, logger: Logger
     ) throws {
         var database = database
         database.maximumConnections = max(database.maximumConnections, concurrency * 2 + 2)
@@ -60,7 +60,7 @@ struct DispatcherParts {
                 configuration: .init(
                     command: (environment["LOCAL_RUNNER_COMMAND"].map { $0.split(separator: " ").map(String.init) })
                         ?? [executable, "runner"],
-                    maximumConcurrent: Int(environment["LOCAL_RUNNERS"] ?? "") ?? 2,
+                    maximumConcurrent: try FleetSettings.integer("LOCAL_RUNNERS", 2, from: environment),
                     environment: runnerEnvironment),
                 logger: logger)
             backend = local
@@ -171,7 +171,7 @@ struct DispatcherCommand: AsyncParsableCommand {
     @Option(help: "The topology file, for the delay tiers (env TOPOLOGY_FILE).") var topology: String?
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
+        let environment = FleetSettings.values
         let logger = try database.makeLogger(label: "cloudscan.dispatcher")
         let kind =
             backend ?? environment["JOB_BACKEND"].flatMap(DispatcherParts.BackendKind.init(rawValue:)) ?? .kubernetes
@@ -180,7 +180,8 @@ struct DispatcherCommand: AsyncParsableCommand {
         let parts = try DispatcherParts(
             database: database.postgresConfiguration(applicationName: "cloudscan-dispatcher"),
             broker: try broker.configuration(), backend: kind, topology: try AMQPTopology.load(from: topologyFile),
-            concurrency: concurrency ?? Int(environment["DISPATCH_CONCURRENCY"] ?? "") ?? 8, logger: logger)
+            concurrency: try concurrency ?? FleetSettings.integer("DISPATCH_CONCURRENCY", 8, from: environment),
+            logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: parts.services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -17,10 +17,10 @@ struct NotifierParts {
 
     init(
         database: PostgresConfiguration, broker: AMQPConfiguration, topology: AMQPTopology,
-        environment: [String: String] = ProcessInfo.processInfo.environment, logger: Logger
+        environment: [String: String] = FleetSettings.values, logger: Logger
     ) throws {
         let queue = "cloudscan.notify"
-        let concurrency = Int(environment["NOTIFY_CONCURRENCY"] ?? "") ?? 16
+        let concurrency = try FleetSettings.integer("NOTIFY_CONCURRENCY", 16, from: environment)
         var database = database
         database.maximumConnections = max(database.maximumConnections, concurrency + 2)
         client = PostgresClient(configuration: database, logger: logger)
@@ -31,7 +31,8 @@ struct NotifierParts {
             client: client, publisher: publisher,
             configuration: .init(
                 queue: queue, retryDelaysSeconds: delays,
-                timeout: .seconds(Int(environment["WEBHOOK_TIMEOUT_SECONDS"] ?? "") ?? 10)),
+                timeout: .seconds(
+                    try FleetSettings.integer("WEBHOOK_TIMEOUT_SECONDS", 10, in: 1...300, from: environment))),
             logger: logger)
         service = AMQPConsumerService.workQueue(
             queue, broker: broker, publisher: publisher, topology: topology, concurrency: concurrency,
@@ -59,7 +60,7 @@ struct NotifierCommand: AsyncParsableCommand {
     @Option(help: "The topology file, for the delay tiers (env TOPOLOGY_FILE).") var topology: String?
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
+        let environment = FleetSettings.values
         let logger = try database.makeLogger(label: "cloudscan.notifier")
         let topologyFile = try locateRepositoryFile(
             "topology/topology.json", flag: topology ?? environment["TOPOLOGY_FILE"])
@@ -74,7 +75,8 @@ struct NotifierCommand: AsyncParsableCommand {
                     parts.service,
                     MetricsEndpoint.service(
                         metrics: metrics, host: environment["METRICS_HOST"] ?? "127.0.0.1",
-                        port: Int(environment["METRICS_PORT"] ?? "") ?? 9104, logger: logger),
+                        port: try FleetSettings.integer("METRICS_PORT", 9104, in: 0...65535, from: environment),
+                        logger: logger),
                 ], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.notice("notifier running")
         try await group.run()

@@ -16,7 +16,7 @@ struct DatabaseOptions: ParsableArguments {
 
     /// flags > environment > defaults.
     func postgresConfiguration(
-        environment: [String: String] = ProcessInfo.processInfo.environment, applicationName: String
+        environment: [String: String] = FleetSettings.values, applicationName: String
     ) -> PostgresConfiguration {
         var configuration = PostgresConfiguration(environment: environment, applicationName: applicationName)
         if let databaseURL { configuration.connectionString = databaseURL }
@@ -24,7 +24,7 @@ struct DatabaseOptions: ParsableArguments {
         return configuration
     }
 
-    func makeLogger(label: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws
+    func makeLogger(label: String, environment: [String: String] = FleetSettings.values) throws
         -> Logger
     {
         let text = logLevel ?? environment["LOG_LEVEL"] ?? "info"
@@ -41,7 +41,7 @@ struct DatabaseOptions: ParsableArguments {
 /// Where the Migrations/ directory is: the flag, then MIGRATIONS_DIR, then ./Migrations, then the
 /// one beside the build folder the binary runs from.
 func locateMigrations(_ flag: String?) throws -> URL {
-    try locateRepositoryFile("Migrations", flag: flag ?? ProcessInfo.processInfo.environment["MIGRATIONS_DIR"])
+    try locateRepositoryFile("Migrations", flag: flag ?? FleetSettings.values["MIGRATIONS_DIR"])
 }
 
 /// A file of the repository (Migrations, topology): the explicit path, else relative to the

@@ -12,7 +12,7 @@ struct BrokerOptions: ParsableArguments {
     var amqpURL: String?
 
     func configuration() throws -> AMQPConfiguration {
-        let url = amqpURL ?? ProcessInfo.processInfo.environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
+        let url = amqpURL ?? FleetSettings.values["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
         do {
             return try AMQPConfiguration(url: url)
         } catch {

@@ -55,7 +55,7 @@ struct RunnerCommand: AsyncParsableCommand {
     var logLevel: String?
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
+        let environment = FleetSettings.values
         var logger = Logger(label: "cloudscan.runner")
         logger.logLevel = Logger.Level(rawValue: logLevel ?? environment["LOG_LEVEL"] ?? "info") ?? .info
         typealias Env = RunnerAssignment.Environment
@@ -98,13 +98,15 @@ struct RunnerCommand: AsyncParsableCommand {
             artifactSHA256: environment[Env.artifactSHA256].flatMap { $0.isEmpty ? nil : $0 },
             timeoutSeconds: timeout, runnerToken: try required(Env.runnerToken),
             traceparent: environment["TRACEPARENT"],
-            heartbeatInterval: .seconds(Int(environment["CLOUDSCAN_HEARTBEAT_SECONDS"] ?? "") ?? 30),
+            heartbeatInterval: .seconds(
+                try FleetSettings.integer("CLOUDSCAN_HEARTBEAT_SECONDS", 30, from: environment)),
             workDirectory: environment["TMPDIR"] ?? NSTemporaryDirectory(),
             executor: .init(
                 catalog: catalog, searchPath: ScannerLocations.searchPath(environment),
                 osvDirectory: environment["CLOUDSCAN_OSV_DIR"],
                 keepSARIFDirectory: environment["CLOUDSCAN_KEEP_SARIF_DIR"]),
-            fetcher: .init(maximumBytes: Int(environment["CLOUDSCAN_MAX_ARTIFACT_BYTES"] ?? "") ?? 512 << 20))
+            fetcher: .init(
+                maximumBytes: try FleetSettings.integer("CLOUDSCAN_MAX_ARTIFACT_BYTES", 512 << 20, from: environment)))
         let publisher = AMQPPublisher(
             configuration: .init(broker: broker, connectionName: "cloudscan-runner-\(scanID)"), logger: logger)
         let result: Runner.Result

@@ -96,7 +96,7 @@ struct SweeperCommand: AsyncParsableCommand {
     @Option(help: "Port of /metrics and /healthz (env METRICS_PORT; default 9102).") var metricsPort: Int?
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
+        let environment = FleetSettings.values
         let logger = try database.makeLogger(label: "cloudscan.sweeper")
         var databaseConfiguration = try database.postgresConfiguration(applicationName: "cloudscan-sweeper")
         databaseConfiguration.maximumConnections = max(databaseConfiguration.maximumConnections, 20)
@@ -115,7 +115,7 @@ struct SweeperCommand: AsyncParsableCommand {
             onPass: SweeperSettings.onPass(metrics))
         let topologyFile = try locateRepositoryFile(
             "topology/topology.json", flag: topology ?? environment["TOPOLOGY_FILE"])
-        let port = metricsPort ?? Int(environment["METRICS_PORT"] ?? "") ?? 9102
+        let port = try metricsPort ?? FleetSettings.integer("METRICS_PORT", 9102, in: 0...65535, from: environment)
         let group = ServiceGroup(
             configuration: .init(
                 services: [

@@ -13,7 +13,7 @@ struct Topology: AsyncParsableCommand {
         var file: String?
 
         func load() throws -> AMQPTopology {
-            let path = file ?? ProcessInfo.processInfo.environment["TOPOLOGY_FILE"] ?? "topology/topology.json"
+            let path = file ?? FleetSettings.values["TOPOLOGY_FILE"] ?? "topology/topology.json"
             do {
                 return try AMQPTopology.load(from: URL(fileURLWithPath: path))
             } catch {
@@ -29,7 +29,7 @@ struct Topology: AsyncParsableCommand {
         @Option(name: .customLong("amqp-url"), help: "amqp:// URL (env AMQP_URL).") var amqpURL: String?
 
         func run() async throws {
-            let url = amqpURL ?? ProcessInfo.processInfo.environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
+            let url = amqpURL ?? FleetSettings.values["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
             let report = try await common.load().apply(broker: try AMQPConfiguration(url: url))
             print("declared \(report.declared.count) objects")
             for problem in report.problems { print("DRIFT: \(problem.message)") }

@@ -32,7 +32,7 @@ struct WriterParts {
 
     init(
         roles: Set<Role>, database: PostgresConfiguration, broker: AMQPConfiguration, topology: AMQPTopology,
-        tokens: RunnerTokenMinter, environment: [String: String] = ProcessInfo.processInfo.environment,
+        tokens: RunnerTokenMinter, environment: [String: String] = FleetSettings.values,
         logger: Logger
     ) throws {
         func integer(_ key: String, _ fallback: Int) throws -> Int {
@@ -141,7 +141,7 @@ struct StatusWriterCommand: AsyncParsableCommand {
 private func runWriters(
     _ roles: Set<WriterParts.Role>, label: String, database: DatabaseOptions, broker: BrokerOptions, topology: String?
 ) async throws {
-    let environment = ProcessInfo.processInfo.environment
+    let environment = FleetSettings.values
     let logger = try database.makeLogger(label: label)
     // Two malloc arenas, not 8 per core: many threads allocating parsed batches otherwise leave
     // the heap fragmented across arenas (the findings writer's RSS grew to 240 MB).
