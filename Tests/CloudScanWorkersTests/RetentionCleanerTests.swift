@@ -121,7 +121,8 @@ struct RetentionCleanerTests {
                 #expect(dry.ran && dry.dryRun)
                 let oldLabel = "\(oldMonth.prefix(4))-\(oldMonth.suffix(2))"
                 #expect(dry.months.map(\.month).contains(oldLabel), "\(dry.lines)")
-                #expect(dry.months.first { $0.month == oldLabel }.map { ($0.scans, $0.findings) }! == (2, 10))
+                let dropped = dry.months.first { $0.month == oldLabel }
+                #expect(dropped?.scans == 2 && dropped?.findings == 10, "\(dry.lines)")
                 #expect(dry.deleted[short].map { [$0.scans, $0.findings] } == [4, 11], "\(dry.lines)")
                 #expect(dry.deleted[long] == nil)
                 #expect(dry.lines.contains { $0.hasPrefix("would drop month \(oldLabel)") }, "\(dry.lines)")
