@@ -65,6 +65,7 @@ let package = Package(
             name: "CloudScanAMQP",
             dependencies: [
                 "CRabbitMQ",
+                "CloudScanMetrics",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -112,6 +113,7 @@ let package = Package(
             name: "CloudScanDispatcher",
             dependencies: [
                 "CloudScanCore",
+                "CloudScanMetrics",
                 "CloudScanPostgres",
                 "CloudScanAMQP",
                 "CloudScanHTTP",
@@ -210,6 +212,7 @@ let package = Package(
             name: "CloudScanWorkers",
             dependencies: [
                 "CloudScanCore",
+                "CloudScanMetrics",
                 "CloudScanPostgres",
                 "CloudScanAMQP",
                 "CloudScanAuth",

@@ -1,3 +1,4 @@
+import CloudScanMetrics
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -64,15 +65,18 @@ public struct AMQPConsumerService: Service {
         public var deadLetter: DeadLetterTarget?
         /// Without a target, `.delay` falls back to `.retry`.
         public var delay: DelayTarget?
+        /// Where messages handled, failures, handler durations and in-flight counts go.
+        public var metrics: QueueMetrics?
 
         public init(
             concurrency: Int = 8, drainTimeout: Duration = .seconds(20), deadLetter: DeadLetterTarget? = nil,
-            delay: DelayTarget? = nil
+            delay: DelayTarget? = nil, metrics: QueueMetrics? = nil
         ) {
             self.concurrency = concurrency
             self.drainTimeout = drainTimeout
             self.deadLetter = deadLetter
             self.delay = delay
+            self.metrics = metrics
         }
     }
 
@@ -131,26 +135,39 @@ public struct AMQPConsumerService: Service {
     }
 
     private func handle(_ delivery: AMQPDelivery) async {
+        let metrics = configuration.metrics
+        let started = ContinuousClock.now
+        metrics?.started()
         let outcome: Outcome
         do {
             outcome = try await handler(delivery)
         } catch is CancellationError {
+            metrics?.abandoned()
             return  // not settled: the broker redelivers it after close
         } catch {
             logger.warning(
                 "handler failed; the message goes back to the queue",
                 metadata: ["message_id": "\(delivery.message.messageID ?? "-")", "error": "\(error)"])
+            metrics?.failed()
             outcome = .retry
+        }
+        var settledAs: QueueMetrics.Outcome?
+        defer {
+            metrics?.handlerDuration(.now - started)
+            if let settledAs { metrics?.settled(settledAs) } else { metrics?.abandoned() }
         }
         do {
             switch outcome {
             case .ack:
                 try await consumer.ack(delivery)
+                settledAs = .ack
             case .retry:
                 try await consumer.nack(delivery, requeue: true)
+                settledAs = .retry
             case .delay(let seconds, let reason):
                 guard let target = configuration.delay, let tier = target.tier(for: seconds) else {
                     try await consumer.nack(delivery, requeue: true)
+                    settledAs = .retry
                     break
                 }
                 var copy = delivery.message
@@ -161,6 +178,7 @@ public struct AMQPConsumerService: Service {
                 try await target.publisher.publish(
                     copy, exchange: "", routingKey: AMQPTopology.retryQueueName(target.queue, delaySeconds: tier))
                 try await consumer.ack(delivery)
+                settledAs = .delay
                 logger.debug(
                     "message parked",
                     metadata: [
@@ -177,6 +195,7 @@ public struct AMQPConsumerService: Service {
                 } else {
                     try await consumer.reject(delivery, requeue: false)
                 }
+                settledAs = .deadLetter
                 logger.notice(
                     "message dead-lettered",
                     metadata: ["message_id": "\(delivery.message.messageID ?? "-")", "reason": "\(reason)"])

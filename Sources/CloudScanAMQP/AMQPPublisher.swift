@@ -1,3 +1,4 @@
+import CloudScanMetrics
 import Foundation
 import Logging
 import Synchronization
@@ -21,15 +22,18 @@ public final class AMQPPublisher: Sendable {
         public var writeDeadline: Duration
         /// A name shown in the broker's connection list.
         public var connectionName: String
+        /// Where each publish's result and confirm latency are counted.
+        public var metrics: FleetMetrics?
 
         public init(
             broker: AMQPConfiguration, confirmTimeout: Duration = .seconds(30), writeDeadline: Duration = .seconds(10),
-            connectionName: String = "cloudscan-publisher"
+            connectionName: String = "cloudscan-publisher", metrics: FleetMetrics? = nil
         ) {
             self.broker = broker
             self.confirmTimeout = confirmTimeout
             self.writeDeadline = writeDeadline
             self.connectionName = connectionName
+            self.metrics = metrics
         }
     }
 
@@ -65,13 +69,22 @@ public final class AMQPPublisher: Sendable {
     public func publish(_ message: AMQPMessage, exchange: String, routingKey: String, mandatory: Bool = true)
         async throws
     {
-        try await withCheckedThrowingContinuation { continuation in
-            let publish = Publish(
-                message: message, exchange: exchange, routingKey: routingKey, mandatory: mandatory,
-                continuation: continuation)
-            if !worker.submit(.publish(publish)) {
-                continuation.resume(throwing: AMQPError(code: .closed, message: "the publisher is closed"))
+        let started = ContinuousClock.now
+        do {
+            try await withCheckedThrowingContinuation { continuation in
+                let publish = Publish(
+                    message: message, exchange: exchange, routingKey: routingKey, mandatory: mandatory,
+                    continuation: continuation)
+                if !worker.submit(.publish(publish)) {
+                    continuation.resume(throwing: AMQPError(code: .closed, message: "the publisher is closed"))
+                }
             }
+            configuration.metrics?.publish(exchange: exchange, result: "confirmed", duration: .now - started)
+        } catch {
+            let code = (error as? AMQPError)?.code
+            let result = code == .nacked ? "nacked" : code == .unroutable ? "unroutable" : "error"
+            configuration.metrics?.publish(exchange: exchange, result: result, duration: .now - started)
+            throw error
         }
     }
 

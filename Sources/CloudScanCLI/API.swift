@@ -79,8 +79,7 @@ struct APIParts {
                 certificate: ClientCertificateAuthenticator(
                     trustDomain: environment["MTLS_TRUST_DOMAIN"] ?? "cloudscan"))
 
-        let metrics = FleetMetrics()
-        metrics.bootstrap()
+        let metrics = ProcessMetrics.shared
         let client = PostgresClient(configuration: database, logger: logger)
         let service = ScanService(client: client, logger: logger)
         let readiness: @Sendable () async -> [String: Bool] = {

@@ -52,8 +52,7 @@ struct CleanerCommand: AsyncParsableCommand {
         }
         let time = at ?? environment["CLEANER_AT"] ?? "00:00"
         guard let (hour, minute) = Self.parse(time) else { throw ValidationError("--at: HH:MM (UTC), not \(time)") }
-        let metrics = FleetMetrics()
-        metrics.bootstrap()
+        let metrics = ProcessMetrics.shared
         let port = try FleetSettings.integer("METRICS_PORT", 9103, in: 0...65535, from: environment)
         let group = ServiceGroup(
             configuration: .init(

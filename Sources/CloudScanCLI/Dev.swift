@@ -61,9 +61,13 @@ struct Dev: AsyncParsableCommand {
             logger: logger)
         // The sweeper reconciles the local runners (they live in this process) with their scans.
         let sweeperClient = PostgresClient(configuration: configuration, logger: logger)
+        let sweeperSettings = try SweeperSettings.configuration(FleetSettings.values)
         let sweeper = Sweeper(
-            client: sweeperClient, inventory: dispatcher.localBackend!,
-            configuration: try SweeperSettings.configuration(FleetSettings.values), logger: logger)
+            client: sweeperClient, inventory: dispatcher.localBackend!, configuration: sweeperSettings, logger: logger,
+            onPass: SweeperSettings.onPass(ProcessMetrics.shared))
+        let depths = QueueDepthSampler(
+            topology: loadedTopology, broker: broker, metrics: ProcessMetrics.shared,
+            interval: min(sweeperSettings.interval, .seconds(5)), logger: logger)
         let notifier = try NotifierParts(
             database: configuration, broker: broker, topology: loadedTopology, logger: logger)
         // Retention, daily at CLEANER_AT (UTC, default 00:00), on the sweeper's client.
@@ -79,7 +83,9 @@ struct Dev: AsyncParsableCommand {
             hour: hour, minute: minute, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: api.services + dispatcher.services + writers.services + [sweeper, notifier.service, cleaner],
+                services: api.services + dispatcher.services + writers.services + [
+                    sweeper, depths, notifier.service, cleaner,
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.notice(
             "cloudscan dev is up: HTTP API on 127.0.0.1:\(port ?? 8080), gRPC on 127.0.0.1:9999; relay, dispatcher (local runners), findings and status writers, sweeper, notifier, cleaner running"

@@ -26,7 +26,8 @@ struct DispatcherParts {
         database.maximumConnections = max(database.maximumConnections, concurrency * 2 + 2)
         client = PostgresClient(configuration: database, logger: logger)
         let publisher = AMQPPublisher(
-            configuration: .init(broker: broker, connectionName: "cloudscan-dispatcher"), logger: logger)
+            configuration: .init(
+                broker: broker, connectionName: "cloudscan-dispatcher", metrics: ProcessMetrics.shared), logger: logger)
         self.publisher = publisher
         let secret: String
         if let configured = environment["RUNNER_TOKEN_SECRET"], !configured.isEmpty {
@@ -184,7 +185,10 @@ struct DispatcherCommand: AsyncParsableCommand {
             logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: parts.services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                services: parts.services + [
+                    try metricsEndpoint(defaultPort: 9101, environment: environment, logger: logger)
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.notice("dispatcher running", metadata: ["backend": "\(kind.rawValue)"])
         try await group.run()
         await parts.close()

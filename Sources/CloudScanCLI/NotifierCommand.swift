@@ -25,7 +25,8 @@ struct NotifierParts {
         database.maximumConnections = max(database.maximumConnections, concurrency + 2)
         client = PostgresClient(configuration: database, logger: logger)
         publisher = AMQPPublisher(
-            configuration: .init(broker: broker, connectionName: "cloudscan-notifier"), logger: logger)
+            configuration: .init(broker: broker, connectionName: "cloudscan-notifier", metrics: ProcessMetrics.shared),
+            logger: logger)
         let delays = topology.workQueues.first { $0.name == queue }?.retryDelaysSeconds ?? [10, 60, 600, 3600]
         let notifier = Notifier(
             client: client, publisher: publisher,
@@ -67,8 +68,7 @@ struct NotifierCommand: AsyncParsableCommand {
         let parts = try NotifierParts(
             database: try database.postgresConfiguration(applicationName: "cloudscan-notifier"),
             broker: try broker.configuration(), topology: try AMQPTopology.load(from: topologyFile), logger: logger)
-        let metrics = FleetMetrics()
-        metrics.bootstrap()
+        let metrics = ProcessMetrics.shared
         let group = ServiceGroup(
             configuration: .init(
                 services: [

@@ -30,10 +30,11 @@ struct RelayParts {
     init(database: PostgresConfiguration, broker: AMQPConfiguration, logger: Logger) {
         client = PostgresClient(configuration: database, logger: logger)
         publisher = AMQPPublisher(
-            configuration: .init(broker: broker, connectionName: "cloudscan-relay"), logger: logger)
+            configuration: .init(broker: broker, connectionName: "cloudscan-relay", metrics: ProcessMetrics.shared),
+            logger: logger)
         relay = OutboxRelay(
             client: client, listener: PostgresListener(configuration: database, logger: logger), publisher: publisher,
-            configuration: .init(), logger: logger)
+            configuration: .init(metrics: ProcessMetrics.shared), logger: logger)
     }
 
     func close() async {
@@ -57,7 +58,8 @@ struct Relay: AsyncParsableCommand {
             broker: try broker.configuration(), logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: [parts.relay], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                services: [parts.relay, try metricsEndpoint(defaultPort: 9105, logger: logger)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.notice("relay running")
         try await group.run()
         await parts.close()

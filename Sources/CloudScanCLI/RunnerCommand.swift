@@ -108,7 +108,9 @@ struct RunnerCommand: AsyncParsableCommand {
             fetcher: .init(
                 maximumBytes: try FleetSettings.integer("CLOUDSCAN_MAX_ARTIFACT_BYTES", 512 << 20, from: environment)))
         let publisher = AMQPPublisher(
-            configuration: .init(broker: broker, connectionName: "cloudscan-runner-\(scanID)"), logger: logger)
+            configuration: .init(
+                broker: broker, connectionName: "cloudscan-runner-\(scanID)", metrics: ProcessMetrics.shared),
+            logger: logger)
         let result: Runner.Result
         do {
             result = try await Runner(configuration: configuration, publisher: publisher, logger: logger).run()

@@ -107,8 +107,7 @@ struct SweeperCommand: AsyncParsableCommand {
             builder: JobSpecBuilder(
                 configuration: try DispatcherParts.jobConfiguration(namespace: kubernetes.namespace, environment)),
             logger: logger)
-        let metrics = FleetMetrics()
-        metrics.bootstrap()
+        let metrics = ProcessMetrics.shared
         let settings = try SweeperSettings.configuration(environment)
         let sweeper = Sweeper(
             client: client, inventory: backend, configuration: settings, logger: logger,

@@ -1,6 +1,9 @@
 import CloudScanAMQP
+import CloudScanAPI
 import CloudScanCore
+import CloudScanMetrics
 import Logging
+import ServiceLifecycle
 
 extension AMQPConsumerService {
     /// A fleet work queue's consumer as every role runs it: prefetch twice the concurrency,
@@ -8,7 +11,8 @@ extension AMQPConsumerService {
     /// from the topology file.
     static func workQueue(
         _ queue: String, broker: AMQPConfiguration, publisher: AMQPPublisher, topology: AMQPTopology,
-        concurrency: Int, connectionName: String? = nil, logger: Logger, handler: @escaping Handler
+        concurrency: Int, connectionName: String? = nil, metrics: FleetMetrics = ProcessMetrics.shared, logger: Logger,
+        handler: @escaping Handler
     ) -> AMQPConsumerService {
         let delays = topology.workQueues.first { $0.name == queue }?.retryDelaysSeconds ?? [5, 30, 300]
         var consumer = AMQPConsumer.Configuration(broker: broker, queue: queue, prefetch: concurrency * 2)
@@ -18,7 +22,28 @@ extension AMQPConsumerService {
             configuration: .init(
                 concurrency: concurrency,
                 deadLetter: .init(publisher: publisher, exchange: Exchanges.deadLetter, routingKey: queue),
-                delay: .init(publisher: publisher, queue: queue, delaysSeconds: delays)),
+                delay: .init(publisher: publisher, queue: queue, delaysSeconds: delays),
+                metrics: metrics.queue(queue)),
             logger: logger, handler: handler)
     }
+}
+
+/// The process's metrics: one registry, served on `/metrics` by every role (`cloudscan dev`
+/// serves all of its roles' on the API port).
+enum ProcessMetrics {
+    static let shared: FleetMetrics = {
+        let metrics = FleetMetrics()
+        metrics.bootstrap()
+        return metrics
+    }()
+}
+
+/// `/metrics` and `/healthz` of a role without an API, on METRICS_HOST (default 127.0.0.1; 0.0.0.0
+/// in a pod) : METRICS_PORT (the role's default).
+func metricsEndpoint(defaultPort: Int, environment: [String: String] = FleetSettings.values, logger: Logger) throws
+    -> any Service
+{
+    MetricsEndpoint.service(
+        metrics: ProcessMetrics.shared, host: environment["METRICS_HOST"] ?? "127.0.0.1",
+        port: try FleetSettings.integer("METRICS_PORT", defaultPort, in: 0...65535, from: environment), logger: logger)
 }

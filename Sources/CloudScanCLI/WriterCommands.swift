@@ -46,7 +46,8 @@ struct WriterParts {
             database.maximumConnections, statusConcurrency + (try integer("FINDINGS_LANES", 2)) + 4)
         client = PostgresClient(configuration: database, logger: logger)
         let publisher = AMQPPublisher(
-            configuration: .init(broker: broker, connectionName: "cloudscan-writers"), logger: logger)
+            configuration: .init(broker: broker, connectionName: "cloudscan-writers", metrics: ProcessMetrics.shared),
+            logger: logger)
         self.publisher = publisher
         var services: [any Service] = []
         if roles.contains(.findings) {
@@ -91,6 +92,8 @@ struct WriterParts {
     {
         var configuration = FindingsWriter.Configuration(
             maximumRows: maximumRows, maximumDelay: .milliseconds(maximumDelayMS))
+        configuration.metrics = ProcessMetrics.shared
+        configuration.queueMetrics = ProcessMetrics.shared.queue("cloudscan.findings.ingest")
         if let fault = environment["CLOUDSCAN_FAULT"], fault.hasPrefix("findings-writer:") {
             configuration.pauseAt = .init(rawValue: String(fault.dropFirst("findings-writer:".count)))
         }
@@ -154,7 +157,10 @@ private func runWriters(
         broker: try broker.configuration(), topology: try AMQPTopology.load(from: topologyFile),
         tokens: try runnerTokenMinter(environment, development: false, logger: logger), logger: logger)
     let group = ServiceGroup(
-        configuration: .init(services: parts.services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        configuration: .init(
+            services: parts.services
+                + [try metricsEndpoint(defaultPort: roles.contains(.findings) ? 9106 : 9107, logger: logger)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     logger.notice("\(label) running")
     try await group.run()
     await parts.close()

@@ -116,11 +116,14 @@ public struct ScanEventMessage: Codable, Sendable, Hashable {
     public var attempt: Int?
     public var reason: String?
     public var counts: [String: Int]?
+    /// When the scan was queued (on final events: with `at`, the scan's duration).
+    public var queuedAt: Date?
 
     public init(
         eventID: String, scanID: UUID, organizationID: UUID, projectID: UUID, status: ScanStatus, at: Date,
-        attempt: Int? = nil, reason: String? = nil, counts: [String: Int]? = nil
+        attempt: Int? = nil, reason: String? = nil, counts: [String: Int]? = nil, queuedAt: Date? = nil
     ) {
+        self.queuedAt = queuedAt
         self.eventID = eventID
         self.scanID = scanID
         self.organizationID = organizationID

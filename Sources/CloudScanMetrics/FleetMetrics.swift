@@ -109,4 +109,107 @@ public final class FleetMetrics: Sendable {
     public func watchers(_ count: Int) {
         registry.makeGauge(name: "cloudscan_watch_streams", help: "Open WatchScan streams.").set(Double(count))
     }
+
+    /// A scan reached a final state this long after it was queued.
+    public func scanFinished(after seconds: Double) {
+        guard seconds >= 0, seconds.isFinite else { return }
+        scanDuration.record(.nanoseconds(Int64(seconds * 1e9)))
+    }
+
+    /// The outbox's unsent rows and the age of the oldest due one (0 when none).
+    public func outboxBacklog(pending: Int, oldestAgeSeconds: Double) {
+        registry.makeGauge(name: "cloudscan_outbox_pending", help: "Outbox rows not yet confirmed by the broker.")
+            .set(Double(pending))
+        registry.makeGauge(
+            name: "cloudscan_outbox_lag_seconds", help: "Age of the oldest outbox row not yet confirmed by the broker."
+        ).set(oldestAgeSeconds)
+    }
+
+    /// One publish and how it ended (`confirmed`, `nacked`, `unroutable`, `error`), with the wait
+    /// for the broker's confirm.
+    public func publish(exchange: String, result: String, duration: Duration) {
+        let exchange = exchange.isEmpty ? "(default)" : exchange
+        registry.makeCounter(
+            name: "cloudscan_publishes_total", labels: [("exchange", exchange), ("result", result)],
+            help: "Confirmed publishes by exchange and result."
+        ).increment()
+        registry.makeDurationHistogram(
+            name: "cloudscan_publish_confirm_seconds", labels: [("exchange", exchange)],
+            buckets: Self.fastBuckets, help: "From publish to the broker's confirm."
+        ).record(duration)
+    }
+
+    /// The metrics of one consumer queue, made once and kept by its consumer.
+    public func queue(_ name: String) -> QueueMetrics { QueueMetrics(registry: registry, queue: name) }
+
+    static let fastBuckets: [Duration] = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+    ].map { .nanoseconds(Int64($0 * 1e9)) }
+}
+
+/// Per consumer queue: messages handled by outcome, failures, handler duration, in flight, and
+/// (for batching consumers) batch sizes.
+public final class QueueMetrics: Sendable {
+    /// How a message ended: `ack`, `retry` (back to the queue), `delay` (parked in a retry tier),
+    /// `dead_letter`.
+    public enum Outcome: String, Sendable, CaseIterable {
+        case ack, retry, delay
+        case deadLetter = "dead_letter"
+    }
+
+    public let queue: String
+    private let handled: [Outcome: Prometheus.Counter]
+    private let failures: Prometheus.Counter
+    private let duration: DurationHistogram
+    private let inFlight: Prometheus.Gauge
+    private let batchMessages: ValueHistogram
+    private let batchRows: ValueHistogram
+
+    init(registry: PrometheusCollectorRegistry, queue: String) {
+        self.queue = queue
+        var handled: [Outcome: Prometheus.Counter] = [:]
+        for outcome in Outcome.allCases {
+            handled[outcome] = registry.makeCounter(
+                name: "cloudscan_messages_handled_total", labels: [("queue", queue), ("outcome", outcome.rawValue)],
+                help: "Messages a consumer settled, by queue and outcome (ack, retry, delay, dead_letter).")
+        }
+        self.handled = handled
+        failures = registry.makeCounter(
+            name: "cloudscan_messages_failed_total", labels: [("queue", queue)],
+            help: "Messages whose handler failed (threw) or that were refused (dead-lettered), by queue.")
+        duration = registry.makeDurationHistogram(
+            name: "cloudscan_handler_duration_seconds", labels: [("queue", queue)], buckets: FleetMetrics.fastBuckets,
+            help: "Time a consumer spent on a message (or a batch) until it was settled, by queue.")
+        inFlight = registry.makeGauge(
+            name: "cloudscan_messages_in_flight", labels: [("queue", queue)],
+            help: "Messages delivered to a consumer and not yet settled, by queue.")
+        let sizes: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000]
+        batchMessages = registry.makeValueHistogram(
+            name: "cloudscan_batch_messages", labels: [("queue", queue)], buckets: sizes,
+            help: "Messages per write batch (findings writer flush), by queue.")
+        batchRows = registry.makeValueHistogram(
+            name: "cloudscan_batch_rows", labels: [("queue", queue)], buckets: sizes,
+            help: "Rows per write batch (findings writer flush), by queue.")
+    }
+
+    public func started(_ count: Int = 1) { inFlight.increment(by: Double(count)) }
+
+    public func settled(_ outcome: Outcome, count: Int = 1) {
+        inFlight.decrement(by: Double(count))
+        handled[outcome]?.increment(by: Int64(count))
+        if outcome == .deadLetter { failures.increment(by: Int64(count)) }
+    }
+
+    /// The handler threw (the message goes back to the queue).
+    public func failed() { failures.increment() }
+
+    /// Redelivered without settling (shutdown, lost connection).
+    public func abandoned(_ count: Int = 1) { inFlight.decrement(by: Double(count)) }
+
+    public func handlerDuration(_ duration: Duration) { self.duration.record(duration) }
+
+    public func batch(messages: Int, rows: Int) {
+        batchMessages.record(Double(messages))
+        batchRows.record(Double(rows))
+    }
 }

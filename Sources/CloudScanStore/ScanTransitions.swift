@@ -75,7 +75,8 @@ public enum ScanTransitions {
         let event = ScanEventMessage(
             eventID: eventID.uuidString.lowercased(), scanID: target.scanID, organizationID: target.organizationID,
             projectID: target.projectID, status: status, at: Date(), attempt: attempt,
-            reason: reason.map { String($0.prefix(256)) }, counts: counts)
+            reason: reason.map { String($0.prefix(256)) }, counts: counts,
+            queuedAt: status.isFinal ? target.createdAt : nil)
         let payload = PostgresJSONB(text: String(decoding: try MessageCoding.encoder().encode(event), as: UTF8.self))
         let headers = try PostgresJSONB(encoding: [
             MessageHeaders.organizationID: target.organizationID.uuidString.lowercased()

@@ -1,6 +1,7 @@
 import CloudScanAMQP
 import CloudScanAuth
 import CloudScanCore
+import CloudScanMetrics
 import CloudScanPostgres
 import CloudScanStore
 import Foundation
@@ -34,6 +35,10 @@ public struct FindingsWriter: Service {
         /// Fault injection for the crash tests (`CLOUDSCAN_FAULT=findings-writer:before-commit` or
         /// `:after-commit`): the flush logs "paused at <point>" and sleeps there, to be SIGKILLed.
         public var pauseAt: PausePoint?
+        /// Findings stored by severity (`cloudscan_findings_total`).
+        public var metrics: FleetMetrics?
+        /// Messages settled, flush durations, in flight and batch sizes of the queue.
+        public var queueMetrics: QueueMetrics?
 
         public enum PausePoint: String, Sendable {
             case beforeCommit = "before-commit"
@@ -107,6 +112,7 @@ public struct FindingsWriter: Service {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for await delivery in consumer.deliveries {
+                        configuration.queueMetrics?.started()
                         queue.add(check(delivery))
                     }
                     queue.finish()
@@ -177,15 +183,23 @@ public struct FindingsWriter: Service {
     private func flushUntilDone(_ items: [Item], queue: ItemQueue, drainDeadline: inout ContinuousClock.Instant?) async
     {
         var backoff = configuration.retryBackoff.first
+        let started = ContinuousClock.now
         while true {
             if queue.isFinished, drainDeadline == nil { drainDeadline = .now + configuration.drainTimeout }
             do {
                 let refused = try await flushBisecting(items)
                 try await settle(items, refused: refused)
+                if let metrics = configuration.queueMetrics {
+                    metrics.handlerDuration(.now - started)
+                    metrics.batch(messages: items.count, rows: items.reduce(0) { $0 + $1.rows })
+                    metrics.settled(.deadLetter, count: refused.count)
+                    metrics.settled(.ack, count: items.count - refused.count)
+                }
                 return
             } catch {
                 statistics.values.withLock { $0.retries += 1 }
                 if let drainDeadline, ContinuousClock.now >= drainDeadline {
+                    configuration.queueMetrics?.abandoned(items.count)
                     logger.warning(
                         "shutting down with an unwritten flush; its messages will be redelivered",
                         metadata: ["messages": "\(items.count)", "error": "\(error)"])
@@ -237,7 +251,7 @@ public struct FindingsWriter: Service {
         }
         if byOrganization.isEmpty { return refused }
         let rows = valid.reduce(0) { $0 + $1.rows }
-        let (inserted, duplicates) = try await client.withTransaction { c in
+        let (inserted, duplicates, insertedBySeverity) = try await client.withTransaction { c in
             try await c.executeScript(
                 """
                 CREATE TEMP TABLE IF NOT EXISTS findings_staging (
@@ -316,6 +330,7 @@ public struct FindingsWriter: Service {
             }
             // 3. Per organization: insert what is new, count it on the scans, record the batches.
             var inserted = 0
+            var bySeverity: [String: Int] = [:]
             var acceptedByOrganization: [UUID: [(item: Item, createdAt: Date, micros: Int64)]] = [:]
             for entry in accepted {
                 acceptedByOrganization[entry.item.batch!.organizationID, default: []].append(entry)
@@ -352,9 +367,15 @@ public struct FindingsWriter: Service {
                             findings_info = s.findings_info + p.info, updated_at = now()
                         FROM per_scan p
                         WHERE s.id = p.scan_id AND s.created_at = p.scan_created_at
-                        RETURNING p.critical + p.high + p.medium + p.low + p.info
+                        RETURNING p.critical, p.high, p.medium, p.low, p.info
                         """)
-                    for row in counted { inserted += try row.decode(Int.self, at: 0) }
+                    for row in counted {
+                        for (index, severity) in Self.severities.enumerated() {
+                            let count = try row.decode(Int.self, at: index)
+                            inserted += count
+                            bySeverity[severity, default: 0] += count
+                        }
+                    }
                 }
                 let batches =
                     group.map { entry -> JSONValue in
@@ -384,9 +405,14 @@ public struct FindingsWriter: Service {
                     c, scanIDs: Array(scanIDs), organizationID: organizationID, actor: "findings-writer")
             }
             await pause(at: .beforeCommit)
-            return (inserted, rows - inserted)
+            return (inserted, rows - inserted, bySeverity)
         }
         await pause(at: .afterCommit)
+        if let metrics = configuration.metrics {
+            for (severity, count) in insertedBySeverity where count > 0 {
+                metrics.findings(severity).increment(by: Int64(count))
+            }
+        }
         statistics.values.withLock {
             $0.flushes += 1
             $0.inserted += inserted
@@ -394,6 +420,8 @@ public struct FindingsWriter: Service {
         }
         return refused
     }
+
+    static let severities = ["critical", "high", "medium", "low", "info"]
 
     static func batchRecord(
         scanID: UUID, createdAt: Date, attempt: Int, batchIndex: Int, findings: Int, refusedReason: String?

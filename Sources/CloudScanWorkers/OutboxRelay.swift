@@ -1,5 +1,6 @@
 import CloudScanAMQP
 import CloudScanCore
+import CloudScanMetrics
 import CloudScanPostgres
 import Foundation
 import Logging
@@ -22,11 +23,21 @@ public struct OutboxRelay: Service {
         public var sweepInterval: Duration
         /// Wait before retrying rows whose publish failed.
         public var retryDelay: Duration
+        /// Where published rows, scan state changes (`cloudscan_scans_total` from the `scan.<status>`
+        /// events, scan durations from the final ones) and the outbox's lag are counted.
+        public var metrics: FleetMetrics?
+        /// How often the lag is measured.
+        public var lagInterval: Duration
 
-        public init(batchSize: Int = 200, sweepInterval: Duration = .seconds(1), retryDelay: Duration = .seconds(1)) {
+        public init(
+            batchSize: Int = 200, sweepInterval: Duration = .seconds(1), retryDelay: Duration = .seconds(1),
+            metrics: FleetMetrics? = nil, lagInterval: Duration = .seconds(5)
+        ) {
             self.batchSize = batchSize
             self.sweepInterval = sweepInterval
             self.retryDelay = retryDelay
+            self.metrics = metrics
+            self.lagInterval = lagInterval
         }
     }
 
@@ -59,7 +70,14 @@ public struct OutboxRelay: Service {
             }
             group.addTask {
                 try await cancelWhenGracefulShutdown {
+                    var lagMeasured = ContinuousClock.now - configuration.lagInterval
                     while !Task.isCancelled {
+                        if let metrics = configuration.metrics,
+                            ContinuousClock.now - lagMeasured >= configuration.lagInterval
+                        {
+                            lagMeasured = .now
+                            await measureLag(metrics)
+                        }
                         let relayed: Int
                         do {
                             relayed = try await relayBatch()
@@ -80,14 +98,43 @@ public struct OutboxRelay: Service {
         }
     }
 
+    private func measureLag(_ metrics: FleetMetrics) async {
+        do {
+            guard let row = try await client.query("SELECT pending, oldest_due_seconds FROM outbox_lag()").first
+            else { return }
+            metrics.outboxBacklog(
+                pending: try row.decode(Int.self, at: 0), oldestAgeSeconds: try row.decode(Double.self, at: 1))
+        } catch {
+            logger.debug("outbox lag not measured", metadata: ["error": "\(error)"])
+        }
+    }
+
     /// Claims one batch, publishes it, marks what was confirmed. Returns how many rows it claimed.
     @discardableResult
     public func relayBatch() async throws -> Int {
+        let (claimed, published) = try await relayClaimed()
+        if let metrics = configuration.metrics {
+            metrics.outbox(published: published.count, failed: claimed - published.count)
+            for message in published where message.type == MessageType.scanEvent.rawValue {
+                guard let event = try? MessageCoding.decoder().decode(ScanEventMessage.self, from: Data(message.body))
+                else { continue }
+                metrics.scans(event.status.rawValue).increment()
+                if event.status.isFinal, let queuedAt = event.queuedAt {
+                    metrics.scanFinished(after: event.at.timeIntervalSince(queuedAt))
+                }
+            }
+        }
+        return claimed
+    }
+
+    /// One claimed batch: how many rows, and the messages the broker confirmed (counted once the
+    /// transaction that marks them committed).
+    private func relayClaimed() async throws -> (Int, [AMQPMessage]) {
         let publisher = self.publisher
         let retryDelay = configuration.retryDelay
         return try await client.withTransaction { c in
             let rows = try await c.query("SELECT * FROM outbox_claim(\(Int32(configuration.batchSize)))")
-            guard !rows.isEmpty else { return 0 }
+            guard !rows.isEmpty else { return (0, []) }
             struct Row: Sendable {
                 var id: Int64
                 var message: AMQPMessage
@@ -144,7 +191,8 @@ public struct OutboxRelay: Service {
                     "outbox rows not confirmed; they wait for the next pass",
                     metadata: ["count": "\(failed.count)", "error": "\(firstError)"])
             }
-            return claimed.count
+            let sentIDs = Set(sent)
+            return (claimed.count, claimed.filter { sentIDs.contains($0.id) }.map(\.message))
         }
     }
 }

@@ -19,6 +19,18 @@ struct EndToEndTests {
         return try #require(Int(output.trimmingCharacters(in: .whitespacesAndNewlines)))
     }
 
+    /// Prometheus text as `name{labels}` → value (comments skipped).
+    static func samples(_ text: String) -> [String: Double] {
+        var values: [String: Double] = [:]
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else {
+                continue
+            }
+            values[String(line[..<space])] = value
+        }
+        return values
+    }
+
     @Test(
         "HTTP and gRPC creates → relay → dispatcher → local runners (real scanners) → writers → completed; findings, events in order, a signed webhook per scan, metrics"
     )
@@ -138,10 +150,53 @@ struct EndToEndTests {
                         (($0["body"] as? [String: Any])?["counts"] as? [String: Any])?["critical"] as? Int == 3
                     })
                 // Metrics moved: two scans created (one per transport), requests counted per route.
-                let (_, metrics) = try await runCommandCapturingOutput(["curl", "-s", "\(base)/metrics"])
-                #expect(metrics.contains(#"cloudscan_scans_total{status="queued"} 2"#), "\(metrics.prefix(3000))")
+                var metrics = ""
+                var samples: [String: Double] = [:]
+                let deadline3 = ContinuousClock.now + .seconds(15)
+                repeat {
+                    metrics = try await runCommandCapturingOutput(["curl", "-s", "\(base)/metrics"]).1
+                    samples = Self.samples(metrics)
+                    if samples[#"cloudscan_scans_total{status="completed"}"#] == 2,
+                        samples[#"cloudscan_messages_handled_total{queue="cloudscan.notify",outcome="ack"}"#] == 2
+                    {
+                        break
+                    }
+                    try await Task.sleep(for: .milliseconds(200))
+                } while ContinuousClock.now < deadline3
+                let dump = String(metrics.prefix(20000))
+                #expect(metrics.contains(#"cloudscan_scans_total{status="queued"} 2"#), "\(dump)")
                 #expect(metrics.contains(#"transport="grpc""#) && metrics.contains(#"route="CreateScan""#))
                 #expect(metrics.contains(#"route="GET /api/v1/scans/{id}/findings",code="200""#))
+                // Every state change (counted as the relay publishes its scan.<status> event), each
+                // scan's duration, the findings by severity.
+                for status in ["dispatched", "running", "completed"] {
+                    #expect(samples[#"cloudscan_scans_total{status="\#(status)"}"#] == 2, "\(status): \(dump)")
+                }
+                #expect(samples["cloudscan_scan_duration_seconds_count"] == 2, "\(dump)")
+                for (severity, count) in [("critical", 6.0), ("high", 72), ("medium", 24), ("low", 20)] {
+                    #expect(samples[#"cloudscan_findings_total{severity="\#(severity)"}"#] == count, "\(severity)")
+                }
+                // Per queue: handled by outcome, nothing in flight, durations; the findings writer's
+                // batches hold every row; confirms timed; the outbox's lag measured; depths sampled.
+                #expect(samples[#"cloudscan_messages_handled_total{queue="cloudscan.dispatch",outcome="ack"}"#] == 2)
+                #expect(samples[#"cloudscan_messages_handled_total{queue="cloudscan.notify",outcome="ack"}"#] == 2)
+                #expect(
+                    (samples[#"cloudscan_messages_handled_total{queue="cloudscan.status.ingest",outcome="ack"}"#] ?? 0)
+                        >= 4)
+                #expect(samples[#"cloudscan_batch_rows_sum{queue="cloudscan.findings.ingest"}"#] == 122, "\(dump)")
+                #expect(
+                    samples[#"cloudscan_messages_handled_total{queue="cloudscan.findings.ingest",outcome="ack"}"#]
+                        == samples[#"cloudscan_batch_messages_sum{queue="cloudscan.findings.ingest"}"#])
+                for queue in ["cloudscan.dispatch", "cloudscan.status.ingest", "cloudscan.findings.ingest"] {
+                    #expect(samples[#"cloudscan_messages_in_flight{queue="\#(queue)"}"#] == 0, "\(queue)")
+                    #expect((samples[#"cloudscan_handler_duration_seconds_count{queue="\#(queue)"}"#] ?? 0) > 0)
+                    #expect(samples[#"cloudscan_messages_failed_total{queue="\#(queue)"}"#] == 0, "\(queue)")
+                }
+                #expect(
+                    (samples[#"cloudscan_publishes_total{exchange="cloudscan.events",result="confirmed"}"#] ?? 0) >= 6)
+                #expect((samples[#"cloudscan_publish_confirm_seconds_count{exchange="cloudscan.commands"}"#] ?? 0) >= 2)
+                #expect(samples["cloudscan_outbox_lag_seconds"] != nil && samples["cloudscan_outbox_pending"] != nil)
+                #expect(samples[#"cloudscan_queue_depth{queue="cloudscan.dispatch"}"#] != nil, "\(dump)")
             } catch {
                 _ = await dev.stop(SIGTERM)
                 throw error
