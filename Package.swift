@@ -65,6 +65,7 @@ let package = Package(
             name: "CloudScanAMQP",
             dependencies: [
                 "CRabbitMQ",
+                "CloudScanCore",
                 "CloudScanMetrics",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -202,6 +203,8 @@ let package = Package(
         .target(
             name: "CloudScanMetrics",
             dependencies: [
+                "CloudScanCore",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]

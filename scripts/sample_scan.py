@@ -24,9 +24,10 @@ SEVERITIES = ["critical", "high", "medium", "low", "info"]
 TYPES = ["sast", "secrets", "iac", "sca"]
 
 
-def http(method, url, org, body=None):
+def http(method, url, org, body=None, headers=None):
     request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"X-Cloudscan-Organization": org, "Content-Type": "application/json"})
+                                     headers={"X-Cloudscan-Organization": org, "Content-Type": "application/json",
+                                              **(headers or {})})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read() or b"{}")
 
@@ -48,15 +49,20 @@ def main():
     stub = pb_grpc.ScanServiceStub(channel)
     status_name = {v.number: v.name.replace("SCAN_STATUS_", "").lower() for v in pb.ScanStatus.DESCRIPTOR.values}
 
+    # Each create starts a W3C trace of its own; the scan's logs, messages, runner and webhook carry it.
+    traces = [os.urandom(16).hex() for _ in range(2)]
     started = time.time()
     over_http = http("POST", f"{args.http}/api/v1/scans", args.org, {
         "project": {"external_key": "sample"}, "scan_types": TYPES, "artifact": {"url": args.artifact},
-        "labels": {"via": "http"}})
+        "labels": {"via": "http"}}, headers={"traceparent": f"00-{traces[0]}-{os.urandom(8).hex()}-01"})
     print(f"created over HTTP: {over_http['id']} ({over_http['status']})")
     over_grpc = stub.CreateScan(pb.CreateScanRequest(
         project=pb.ProjectReference(external_key="sample"), scan_types=TYPES,
-        artifact=pb.Artifact(url=args.artifact), labels={"via": "grpc"}), metadata=metadata).scan
+        artifact=pb.Artifact(url=args.artifact), labels={"via": "grpc"}),
+        metadata=metadata + [("traceparent", f"00-{traces[1]}-{os.urandom(8).hex()}-01")]).scan
     print(f"created over gRPC: {over_grpc.id} ({status_name[over_grpc.status]})")
+    print(f"trace {over_http['id']} {traces[0]}")
+    print(f"trace {over_grpc.id} {traces[1]}")
 
     events = queue.Queue()
 

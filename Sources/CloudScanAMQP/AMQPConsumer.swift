@@ -47,6 +47,8 @@ public final class AMQPConsumer: Sendable {
     }
 
     private let configuration: Configuration
+    /// The queue it consumes.
+    public var queue: String { configuration.queue }
     private let logger: Logger
     private let worker = AMQPWorkerThread<Command>()
     private let continuation: AsyncStream<[AMQPDelivery]>.Continuation

@@ -1,3 +1,4 @@
+import CloudScanCore
 import CloudScanMetrics
 import Foundation
 import Logging
@@ -140,7 +141,9 @@ public struct AMQPConsumerService: Service {
         metrics?.started()
         let outcome: Outcome
         do {
-            outcome = try await handler(delivery)
+            outcome = try await LogContext.with(delivery.logFields(queue: consumer.queue), trace: delivery.trace) {
+                try await handler(delivery)
+            }
         } catch is CancellationError {
             metrics?.abandoned()
             return  // not settled: the broker redelivers it after close
@@ -205,5 +208,24 @@ public struct AMQPConsumerService: Service {
                 "could not settle a delivery; the broker will redeliver it",
                 metadata: ["message_id": "\(delivery.message.messageID ?? "-")", "error": "\(error)"])
         }
+    }
+}
+
+extension AMQPDelivery {
+    /// This consumer's span of the message's trace (a new trace when it came without one).
+    public var trace: TraceContext {
+        message.headers[MessageHeaders.traceparent].flatMap(TraceContext.init(traceparent:))?.child()
+            ?? TraceContext.root()
+    }
+
+    /// What every log line about this message carries: the queue, the message id, the scan (the
+    /// fleet's messages name it in `correlation_id`) and the organization header.
+    public func logFields(queue: String) -> [String: String] {
+        var fields = ["queue": queue, "message_id": message.messageID ?? "-"]
+        if let scan = message.correlationID { fields["scan_id"] = scan }
+        if let organization = message.headers[MessageHeaders.organizationID] {
+            fields["organization_id"] = organization
+        }
+        return fields
     }
 }

@@ -1,6 +1,7 @@
 import CloudScanCore
 import CloudScanMetrics
 import Foundation
+import HTTPTypes
 import Hummingbird
 
 /// An RFC 9457 problem: every error the HTTP API answers, as `application/problem+json`.
@@ -103,5 +104,25 @@ struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
             status = error.status.code
             throw error
         }
+    }
+}
+
+/// W3C Trace Context per request: the caller's `traceparent` continued (a new span of its trace),
+/// or a new trace; the request's work — logs, the scan row, its outbox messages — carries it, and
+/// the response names it in `traceparent`.
+struct TraceMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        let trace =
+            request.headers[HTTPField.Name("traceparent")!].flatMap(TraceContext.init(traceparent:))?.child()
+            ?? TraceContext.root()
+        var response = try await LogContext.with(
+            ["http_method": request.method.rawValue, "http_path": request.uri.path], trace: trace
+        ) {
+            try await next(request, context)
+        }
+        response.headers[HTTPField.Name("traceparent")!] = trace.traceparent
+        return response
     }
 }

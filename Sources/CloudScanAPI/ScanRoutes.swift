@@ -33,6 +33,7 @@ public struct ScanAPI: Sendable {
     public func router() -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         router.middlewares.add(MetricsMiddleware(metrics: metrics))
+        router.middlewares.add(TraceMiddleware())
         router.middlewares.add(ProblemMiddleware())
         router.get("/healthz") { _, _ in Self.json(["status": "ok"]) }
         router.get("/metrics") { _, _ in
@@ -64,7 +65,7 @@ public struct ScanAPI: Sendable {
             let scan = try await mapped {
                 try await service.cancelScan(
                     organizationID: caller.organizationID, id: try Self.id(context), requestedBy: caller.subject,
-                    traceparent: request.headers[HTTPField.Name("traceparent")!])
+                    traceparent: TraceContext.current?.traceparent)
             }
             metrics.scans("canceled").increment()
             return Self.json(ScanJSON.encode(scan))
@@ -131,7 +132,7 @@ public struct ScanAPI: Sendable {
             try await service.createScan(
                 organizationID: caller.organizationID, request: create,
                 idempotencyKey: request.headers[HTTPField.Name("Idempotency-Key")!],
-                traceparent: request.headers[HTTPField.Name("traceparent")!])
+                traceparent: TraceContext.current?.traceparent)
         }
         if !created.replayed { metrics.scans("queued").increment() }
         var response = Self.json(ScanJSON.encode(created.scan), status: .created)

@@ -20,7 +20,7 @@ struct Dev: AsyncParsableCommand {
     @Option(help: "HTTP port (env HTTP_PORT; default 8080).") var port: Int?
 
     func run() async throws {
-        let logger = try database.makeLogger(label: "cloudscan.dev")
+        let logger = try database.makeLogger(label: "cloudscan.dev", defaultFormat: .text)
         let configuration = database.postgresConfiguration(applicationName: "cloudscan-dev")
         let client = PostgresClient(configuration: configuration, logger: logger)
         defer { _ = client }

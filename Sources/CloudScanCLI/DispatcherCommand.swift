@@ -145,7 +145,8 @@ struct LocalOutcomeLogger: Service {
                 logger.notice(
                     "local runner ended",
                     metadata: [
-                        "scan_id": "\(outcome.scanID)", "attempt": "\(outcome.attempt)", "ending": "\(outcome.ending)",
+                        "scan_id": "\(outcome.scanID.uuidString.lowercased())", "attempt": "\(outcome.attempt)",
+                        "ending": "\(outcome.ending)",
                     ])
             }
         } onGracefulShutdown: {

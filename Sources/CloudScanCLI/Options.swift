@@ -1,4 +1,5 @@
 import ArgumentParser
+import CloudScanMetrics
 import CloudScanPostgres
 import Foundation
 import Logging
@@ -24,18 +25,30 @@ struct DatabaseOptions: ParsableArguments {
         return configuration
     }
 
-    func makeLogger(label: String, environment: [String: String] = FleetSettings.values) throws
-        -> Logger
-    {
-        let text = logLevel ?? environment["LOG_LEVEL"] ?? "info"
-        guard let level = Logger.Level(rawValue: text) else {
-            throw ValidationError(
-                "log level '\(text)' is not one of trace, debug, info, notice, warning, error, critical")
-        }
-        var logger = Logger(label: label)
-        logger.logLevel = level
-        return logger
+    func makeLogger(
+        label: String, environment: [String: String] = FleetSettings.values,
+        defaultFormat: FleetLogging.Format = .json
+    ) throws -> Logger {
+        try makeFleetLogger(label: label, level: logLevel, environment: environment, defaultFormat: defaultFormat)
     }
+}
+
+/// Logging bootstrapped (LOG_FORMAT json|text) and a logger at LOG_LEVEL; either bad value is named.
+func makeFleetLogger(
+    label: String, level flag: String?, environment: [String: String], defaultFormat: FleetLogging.Format
+) throws -> Logger {
+    let formatText = environment["LOG_FORMAT"] ?? defaultFormat.rawValue
+    guard let format = FleetLogging.Format(rawValue: formatText) else {
+        throw ValidationError("LOG_FORMAT: '\(formatText)' is not json or text")
+    }
+    FleetLogging.bootstrap(format: format)
+    let text = flag ?? environment["LOG_LEVEL"] ?? "info"
+    guard let level = Logger.Level(rawValue: text) else {
+        throw ValidationError("LOG_LEVEL: '\(text)' is not one of trace, debug, info, notice, warning, error, critical")
+    }
+    var logger = Logger(label: label)
+    logger.logLevel = level
+    return logger
 }
 
 /// Where the Migrations/ directory is: the flag, then MIGRATIONS_DIR, then ./Migrations, then the

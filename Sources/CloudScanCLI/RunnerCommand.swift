@@ -56,8 +56,8 @@ struct RunnerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let environment = FleetSettings.values
-        var logger = Logger(label: "cloudscan.runner")
-        logger.logLevel = Logger.Level(rawValue: logLevel ?? environment["LOG_LEVEL"] ?? "info") ?? .info
+        var logger = try makeFleetLogger(
+            label: "cloudscan.runner", level: logLevel, environment: environment, defaultFormat: .json)
         typealias Env = RunnerAssignment.Environment
         func required(_ key: String) throws -> String {
             guard let value = environment[key], !value.isEmpty else { throw ValidationError("\(key) is required") }
@@ -92,12 +92,15 @@ struct RunnerCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("the scanner catalog: \(error)")
         }
+        // This runner's span of the scan's trace (TRACEPARENT from the dispatcher), handed on in
+        // every findings and status message it publishes.
+        let trace = environment["TRACEPARENT"].flatMap(TraceContext.init(traceparent:))?.child()
         let configuration = Runner.Configuration(
             scanID: scanID, organizationID: organizationID, attempt: attempt, scanTypes: types,
             artifactURL: try required(Env.artifactURL),
             artifactSHA256: environment[Env.artifactSHA256].flatMap { $0.isEmpty ? nil : $0 },
             timeoutSeconds: timeout, runnerToken: try required(Env.runnerToken),
-            traceparent: environment["TRACEPARENT"],
+            traceparent: trace?.traceparent,
             heartbeatInterval: .seconds(
                 try FleetSettings.integer("CLOUDSCAN_HEARTBEAT_SECONDS", 30, from: environment)),
             workDirectory: environment["TMPDIR"] ?? NSTemporaryDirectory(),
@@ -113,7 +116,9 @@ struct RunnerCommand: AsyncParsableCommand {
             logger: logger)
         let result: Runner.Result
         do {
-            result = try await Runner(configuration: configuration, publisher: publisher, logger: logger).run()
+            result = try await LogContext.with([:], trace: trace) {
+                try await Runner(configuration: configuration, publisher: publisher, logger: logger).run()
+            }
         } catch {
             logger.critical("the runner could not finish its reports", metadata: ["error": "\(error)"])
             await publisher.close()

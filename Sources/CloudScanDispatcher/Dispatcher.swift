@@ -122,14 +122,18 @@ public struct Dispatcher: Sendable {
             } catch let error as JobBackendError where !error.permanent {
                 logger.warning(
                     "\(what) failed; trying again",
-                    metadata: ["scan_id": "\(scanID)", "try": "\(tryNumber)", "error": "\(error)"])
+                    metadata: [
+                        "scan_id": "\(scanID.uuidString.lowercased())", "try": "\(tryNumber)", "error": "\(error)",
+                    ])
                 guard tryNumber < configuration.backendTries else {
                     return parkAfterOutage(delivery, reason: error.reason)
                 }
                 try await Task.sleep(for: pause)
                 pause *= 2
             } catch let error as PostgresError {
-                logger.warning("\(what) failed on PostgreSQL", metadata: ["scan_id": "\(scanID)", "error": "\(error)"])
+                logger.warning(
+                    "\(what) failed on PostgreSQL",
+                    metadata: ["scan_id": "\(scanID.uuidString.lowercased())", "error": "\(error)"])
                 return parkAfterOutage(delivery, reason: "postgres_unavailable")
             }
         }
@@ -176,10 +180,11 @@ public struct Dispatcher: Sendable {
         var artifactRef: String
         var artifactSHA256: String?
         var timeoutSeconds: Int
+        var traceparent: String?
     }
 
     static let scanColumns =
-        "created_at, project_id, status, attempt, scan_types, artifact_ref, artifact_sha256, timeout_seconds"
+        "created_at, project_id, status, attempt, scan_types, artifact_ref, artifact_sha256, timeout_seconds, traceparent"
 
     static func scanRow(_ row: PostgresRow) throws -> ScanRow {
         ScanRow(
@@ -188,7 +193,7 @@ public struct Dispatcher: Sendable {
             attempt: try row.decode(Int.self, at: 3),
             scanTypes: try row.decode([String].self, at: 4).compactMap(ScanType.init(rawValue:)),
             artifactRef: try row.decode(String.self, at: 5), artifactSHA256: try row.decode(String?.self, at: 6),
-            timeoutSeconds: try row.decode(Int.self, at: 7))
+            timeoutSeconds: try row.decode(Int.self, at: 7), traceparent: try row.decode(String?.self, at: 8))
     }
 
     static func lockDispatch(_ c: PostgresConnection, organizationID: UUID) async throws {
@@ -276,14 +281,23 @@ public struct Dispatcher: Sendable {
                     scanID: scanID, organizationID: organizationID, attempt: attempt, scanTypes: scan.scanTypes,
                     artifactURL: artifact.url, artifactSHA256: scan.artifactSHA256 ?? artifact.sha256,
                     timeoutSeconds: scan.timeoutSeconds,
-                    runnerToken: tokens.token(scanID: scanID, organizationID: organizationID, attempt: attempt)))
+                    runnerToken: tokens.token(scanID: scanID, organizationID: organizationID, attempt: attempt),
+                    traceparent: TraceContext.current?.traceparent ?? scan.traceparent))
+            logger.info(
+                "runner started",
+                metadata: [
+                    "scan_id": "\(scanID.uuidString.lowercased())", "attempt": "\(attempt)",
+                    "job": "\(RunnerAssignment.jobName(scanID: scanID, attempt: attempt))",
+                ])
         } catch let error as JobBackendError where error.permanent {
             try await client.withTransaction(organizationID: organizationID) { c in
                 try await Self.transition(
                     c, scanID: scanID, organizationID: organizationID, scan: scan, from: .dispatched, to: .failed,
                     attempt: attempt, reason: error.reason, messageID: messageID, jobName: nil, message: error.message)
             }
-            logger.warning("scan failed at dispatch", metadata: ["scan_id": "\(scanID)", "reason": "\(error.reason)"])
+            logger.warning(
+                "scan failed at dispatch",
+                metadata: ["scan_id": "\(scanID.uuidString.lowercased())", "reason": "\(error.reason)"])
             return .done
         }
         // 3. A cancel committed meanwhile may have stopped the runner before it existed: stop it now.
@@ -334,10 +348,10 @@ public struct Dispatcher: Sendable {
         let inserted = try await c.query(
             """
             INSERT INTO scans (id, created_at, organization_id, project_id, status, scan_types, artifact_ref,
-                               artifact_sha256, timeout_seconds, labels, finished_at)
+                               artifact_sha256, timeout_seconds, labels, finished_at, traceparent)
             VALUES (\(message.scanID), now(), \(message.organizationID), \(projectID), \(status.rawValue),
                     \(scanTypes.map(\.rawValue)), \(message.artifact.url), \(message.artifact.sha256), \(Int32(timeout)),
-                    \(labels), \(status == .canceled ? Date() : nil))
+                    \(labels), \(status == .canceled ? Date() : nil), \(TraceContext.current?.traceparent))
             RETURNING created_at
             """)
         let createdAt = try inserted.single().decode(Date.self, at: 0)
@@ -425,7 +439,8 @@ public struct Dispatcher: Sendable {
                 try await backend.stop(scanID: message.scanID, attempt: attempt)
             } catch let error as JobBackendError where error.permanent {
                 logger.warning(
-                    "could not stop the runner", metadata: ["scan_id": "\(message.scanID)", "error": "\(error)"])
+                    "could not stop the runner",
+                    metadata: ["scan_id": "\(message.scanID.uuidString.lowercased())", "error": "\(error)"])
             }
         }
     }

@@ -162,6 +162,7 @@ public final class LocalProcessBackend: JobBackend {
         environment[Env.artifactSHA256] = assignment.artifactSHA256
         environment[Env.timeoutSeconds] = String(assignment.timeoutSeconds)
         environment[Env.runnerToken] = assignment.runnerToken
+        environment[Env.traceparent] = assignment.traceparent
         environment["HOME"] = scratch.path
         environment["TMPDIR"] = scratch.path
 
@@ -184,7 +185,10 @@ public final class LocalProcessBackend: JobBackend {
         state.withLock { $0.running[key] = Running(pid: pid, assignment: assignment) }
         logger.info(
             "runner started",
-            metadata: ["scan_id": "\(assignment.scanID)", "attempt": "\(assignment.attempt)", "pid": "\(pid)"])
+            metadata: [
+                "scan_id": "\(assignment.scanID.uuidString.lowercased())", "attempt": "\(assignment.attempt)",
+                "pid": "\(pid)",
+            ])
         // Reap it on a thread of its own (waitpid blocks).
         let reaper = Thread { [weak self] in
             let status = ChildProcess.waitBlocking(pid)
@@ -237,7 +241,8 @@ public final class LocalProcessBackend: JobBackend {
             logger.info(
                 "runner exited",
                 metadata: [
-                    "scan_id": "\(running.assignment.scanID)", "attempt": "\(running.assignment.attempt)",
+                    "scan_id": "\(running.assignment.scanID.uuidString.lowercased())",
+                    "attempt": "\(running.assignment.attempt)",
                     "ending": "\(ending)",
                 ])
             outcomesContinuation.yield(

@@ -402,7 +402,9 @@ public struct Sweeper: Service {
         } catch {
             logger.warning(
                 "sweeper could not act on a scan; next pass",
-                metadata: ["scan_id": "\(scan.id)", "decision": "\(decision)", "error": "\(error)"])
+                metadata: [
+                    "scan_id": "\(scan.id.uuidString.lowercased())", "decision": "\(decision)", "error": "\(error)",
+                ])
             return .unchanged
         }
     }
@@ -424,7 +426,9 @@ public struct Sweeper: Service {
         if moved {
             logger.notice(
                 "sweeper moved a scan",
-                metadata: ["scan_id": "\(scan.id)", "to": "\(status.rawValue)", "reason": "\(reason)"])
+                metadata: [
+                    "scan_id": "\(scan.id.uuidString.lowercased())", "to": "\(status.rawValue)", "reason": "\(reason)",
+                ])
         }
         return moved
     }
@@ -470,7 +474,7 @@ public struct Sweeper: Service {
             logger.notice(
                 "sweeper scheduled a retry",
                 metadata: [
-                    "scan_id": "\(scan.id)", "reason": "\(reason)", "next_attempt": "\(next)",
+                    "scan_id": "\(scan.id.uuidString.lowercased())", "reason": "\(reason)", "next_attempt": "\(next)",
                     "in_seconds": "\(delay)",
                 ])
         }

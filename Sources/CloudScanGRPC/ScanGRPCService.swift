@@ -64,7 +64,7 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
                     timeoutSeconds: message.timeoutSeconds == 0 ? nil : Int(message.timeoutSeconds),
                     labels: message.labels),
                 idempotencyKey: request.metadata[stringValues: "idempotency-key"].first(where: { _ in true }),
-                traceparent: request.metadata[stringValues: "traceparent"].first(where: { _ in true }))
+                traceparent: GRPCTrace.continued(request.metadata).traceparent)
             var response = Cloudscan_V1_CreateScanResponse()
             response.scan = Self.message(created.scan)
             response.replayed = created.replayed
@@ -107,7 +107,7 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
             Self.message(
                 try await service.cancelScan(
                     organizationID: caller.organizationID, id: try Self.uuid(message.id), requestedBy: caller.subject,
-                    traceparent: request.metadata[stringValues: "traceparent"].first(where: { _ in true })))
+                    traceparent: GRPCTrace.continued(request.metadata).traceparent))
         }
     }
 
@@ -332,5 +332,13 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
         case .info: .info
         case .unspecified, .UNRECOGNIZED: nil
         }
+    }
+}
+
+/// W3C Trace Context from gRPC metadata: the caller's `traceparent` continued, or a new trace.
+enum GRPCTrace {
+    static func continued(_ metadata: Metadata) -> TraceContext {
+        metadata[stringValues: "traceparent"].first(where: { _ in true }).flatMap(TraceContext.init(traceparent:))?
+            .child() ?? TraceContext.root()
     }
 }

@@ -13,11 +13,14 @@ public struct RunnerAssignment: Sendable, Equatable {
     public var timeoutSeconds: Int
     /// The per-scan HMAC the findings and status writers check (minted by the dispatcher).
     public var runnerToken: String
+    /// The W3C trace the runner continues (`TRACEPARENT`).
+    public var traceparent: String?
 
     public init(
         scanID: UUID, organizationID: UUID, attempt: Int, scanTypes: [ScanType], artifactURL: String,
-        artifactSHA256: String? = nil, timeoutSeconds: Int, runnerToken: String
+        artifactSHA256: String? = nil, timeoutSeconds: Int, runnerToken: String, traceparent: String? = nil
     ) {
+        self.traceparent = traceparent
         self.scanID = scanID
         self.organizationID = organizationID
         self.attempt = attempt
@@ -50,6 +53,7 @@ public struct RunnerAssignment: Sendable, Equatable {
         public static let timeoutSeconds = "CLOUDSCAN_TIMEOUT_SECONDS"
         public static let runnerToken = "CLOUDSCAN_RUNNER_TOKEN"
         public static let brokerURL = "CLOUDSCAN_BROKER_URL"
+        public static let traceparent = "TRACEPARENT"
     }
 }
 
@@ -200,6 +204,9 @@ public struct JobSpecBuilder: Sendable {
         ]
         if assignment.artifactSHA256 != nil {
             env.append(EnvVar(name: Env.artifactSHA256, secret: name, key: "artifact-sha256"))
+        }
+        if let traceparent = assignment.traceparent {
+            env.append(EnvVar(name: Env.traceparent, value: traceparent))
         }
         container.env = env
         container.resources = ResourceRequirements(

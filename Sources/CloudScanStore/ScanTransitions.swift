@@ -78,9 +78,10 @@ public enum ScanTransitions {
             reason: reason.map { String($0.prefix(256)) }, counts: counts,
             queuedAt: status.isFinal ? target.createdAt : nil)
         let payload = PostgresJSONB(text: String(decoding: try MessageCoding.encoder().encode(event), as: UTF8.self))
-        let headers = try PostgresJSONB(encoding: [
-            MessageHeaders.organizationID: target.organizationID.uuidString.lowercased()
-        ])
+        // The event continues the trace of the work that caused it (a consumer's message, a request).
+        var headerValues = [MessageHeaders.organizationID: target.organizationID.uuidString.lowercased()]
+        headerValues[MessageHeaders.traceparent] = TraceContext.current?.traceparent
+        let headers = try PostgresJSONB(encoding: headerValues)
         try await c.execute(
             """
             INSERT INTO outbox (organization_id, message_id, exchange, routing_key, message_type, correlation_id,

@@ -401,8 +401,18 @@ public struct FindingsWriter: Service {
                 for record in refusedBatches[organizationID] ?? [] {
                     if let id = record["scan_id"]?.stringValue.flatMap(UUID.init(uuidString:)) { scanIDs.insert(id) }
                 }
+                // A completion event continues the trace of its scan's last batch.
+                var traces: [UUID: TraceContext] = [:]
+                for entry in group {
+                    if let trace = entry.item.delivery.message.headers[MessageHeaders.traceparent].flatMap(
+                        TraceContext.init(traceparent:))
+                    {
+                        traces[entry.item.batch!.scanID] = trace.child()
+                    }
+                }
                 try await RunnerCompletion.completeIfAllBatchesIn(
-                    c, scanIDs: Array(scanIDs), organizationID: organizationID, actor: "findings-writer")
+                    c, scanIDs: Array(scanIDs), organizationID: organizationID, actor: "findings-writer",
+                    traces: traces)
             }
             await pause(at: .beforeCommit)
             return (inserted, rows - inserted, bySeverity)

@@ -159,7 +159,8 @@ public struct Notifier: Sendable {
                             WebhookSignature.header,
                             WebhookSignature.value(secret: subscription.secret, timestamp: timestamp, body: body)
                         ),
-                    ], body: body, timeout: configuration.timeout, maximumResponseBytes: 64 << 10))
+                    ] + (TraceContext.current.map { [("traceparent", $0.traceparent)] } ?? []), body: body,
+                    timeout: configuration.timeout, maximumResponseBytes: 64 << 10))
             status = response.status
             if !(200..<300).contains(response.status) { failure = "HTTP \(response.status)" }
         } catch {

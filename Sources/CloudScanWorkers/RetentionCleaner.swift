@@ -205,7 +205,7 @@ public struct RetentionCleaner: Sendable {
                             report.artifactsKept += 1
                             logger.warning(
                                 "cleaner: the storage service kept an artifact; its scan waits for the next run",
-                                metadata: ["scan_id": "\(scan.id)"])
+                                metadata: ["scan_id": "\(scan.id.uuidString.lowercased())"])
                             continue
                         }
                         report.artifactsDeleted += 1

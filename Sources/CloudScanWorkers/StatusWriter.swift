@@ -140,7 +140,8 @@ public struct StatusWriter: Sendable {
         var status = ScanStatus(rawValue: try row.decode(String.self, at: 2)) ?? .failed
         let attempt = try row.decode(Int.self, at: 3)
         let log: Logger.Metadata = [
-            "scan_id": "\(report.scanID)", "kind": "\(report.kind.rawValue)", "attempt": "\(report.attempt)",
+            "scan_id": "\(report.scanID.uuidString.lowercased())", "kind": "\(report.kind.rawValue)",
+            "attempt": "\(report.attempt)",
             "status": "\(status.rawValue)",
         ]
         guard report.attempt == attempt else {
@@ -189,6 +190,7 @@ public struct StatusWriter: Sendable {
             try await RunnerCompletion.completeIfAllBatchesIn(
                 c, scanIDs: [report.scanID], organizationID: report.organizationID, actor: "status-writer")
         }
+        logger.info("status report applied", metadata: log)
         return .ack
     }
 }
@@ -198,8 +200,10 @@ public struct StatusWriter: Sendable {
 public enum RunnerCompletion {
     /// For each scan (in the caller's transaction, organization set): if it is running with a
     /// completed report and every batch of its attempt is recorded, move it to completed.
+    /// `traces`: the trace each scan's completion event continues (else the task's).
     public static func completeIfAllBatchesIn(
-        _ c: PostgresConnection, scanIDs: [UUID], organizationID: UUID, actor: String
+        _ c: PostgresConnection, scanIDs: [UUID], organizationID: UUID, actor: String,
+        traces: [UUID: TraceContext] = [:]
     ) async throws {
         // Lock first (in id order, against deadlocks), then count in a statement of its own, so
         // the count sees whatever committed while this waited for the lock.
@@ -246,10 +250,12 @@ public enum RunnerCompletion {
             for key in ["counts", "scanners", "partial", "message"] {
                 if let value = report[key] { details[key] = value }
             }
-            try await ScanTransitions.move(
-                c, scan.target, from: .running, to: .completed, attempt: scan.attempt, actor: actor,
-                reason: partial ? "partial" : "completed", messageID: report["message_id"]?.stringValue,
-                details: .object(details))
+            try await TraceContext.$current.withValue(traces[id] ?? TraceContext.current) {
+                try await ScanTransitions.move(
+                    c, scan.target, from: .running, to: .completed, attempt: scan.attempt, actor: actor,
+                    reason: partial ? "partial" : "completed", messageID: report["message_id"]?.stringValue,
+                    details: .object(details))
+            }
         }
     }
 }

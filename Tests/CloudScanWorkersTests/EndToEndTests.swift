@@ -59,7 +59,7 @@ struct EndToEndTests {
                         "amqp://\(TestBroker.user):\(TestBroker.password)@\(TestBroker.host):\(TestBroker.port)/\(vhost)",
                     "HTTP_PORT": String(httpPort), "GRPC_PORT": String(grpcPort),
                     "CLOUDSCAN_OSV_DIR": TestDatabase.repositoryRoot.appendingPathComponent("Tests/Fixtures/osv").path,
-                    "LOG_LEVEL": "notice",
+                    "LOG_LEVEL": "info", "LOG_FORMAT": "json",
                 ], logFile: log)
             func devLog() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
             do {
@@ -145,10 +145,38 @@ struct EndToEndTests {
                     })
                 let delivered = Set(received.compactMap { ($0["body"] as? [String: Any])?["scan_id"] as? String })
                 #expect(delivered == Set(ids), "\(delivered) vs \(ids)")
+                // W3C trace context end to end: sample_scan.py sent a traceparent with each create;
+                // API → outbox → AMQP → dispatcher → runner's environment → its status and findings
+                // messages → the completion event → the notifier → the webhook carries that trace id.
+                for record in received {
+                    let scan = (record["body"] as? [String: Any])?["scan_id"] as? String ?? "-"
+                    let trace = output.split(separator: "\n").first { $0.hasPrefix("trace \(scan) ") }?
+                        .split(separator: " ").last.map(String.init)
+                    let header = record["traceparent"] as? String ?? ""
+                    #expect(
+                        trace != nil && header.split(separator: "-").dropFirst().first.map(String.init) == trace,
+                        "\(scan): webhook traceparent \(header), sent \(trace ?? "-")")
+                }
                 #expect(
                     received.allSatisfy {
                         (($0["body"] as? [String: Any])?["counts"] as? [String: Any])?["critical"] as? Int == 3
                     })
+                // JSON logs: the dispatcher's and the status writer's lines about each scan carry its
+                // scan_id, organization_id and the trace it was created with.
+                let lines = devLog().split(separator: "\n").compactMap {
+                    try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+                }
+                #expect(lines.count > 20, "JSON lines: \(devLog().suffix(2000))")
+                for id in ids {
+                    let trace = output.split(separator: "\n").first { $0.hasPrefix("trace \(id) ") }?
+                        .split(separator: " ").last.map(String.init)
+                    for message in ["runner started", "status report applied"] {
+                        let line = lines.first { $0["msg"] as? String == message && $0["scan_id"] as? String == id }
+                        #expect(line?["trace_id"] as? String == trace, "\(message) \(id): \(line ?? [:])")
+                        #expect(line?["organization_id"] as? String == org.uuidString.lowercased())
+                        #expect((line?["span_id"] as? String)?.count == 16)
+                    }
+                }
                 // Metrics moved: two scans created (one per transport), requests counted per route.
                 var metrics = ""
                 var samples: [String: Double] = [:]

@@ -35,7 +35,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             mode = "ok"
         status = {"ok": 204, "fail": 503}.get(mode, 204)
         record = {"verified": verified, "fresh": fresh, "delivery": self.headers.get("X-Cloudscan-Delivery"),
-                  "event": self.headers.get("X-Cloudscan-Event"), "status": status if mode != "hang" else None,
+                  "event": self.headers.get("X-Cloudscan-Event"),
+                  "traceparent": self.headers.get("traceparent"), "status": status if mode != "hang" else None,
                   "body": json.loads(body or b"{}")}
         with open(os.path.join(directory, name + ".jsonl"), "a") as out:
             out.write(json.dumps(record) + "\n")
