@@ -71,14 +71,15 @@ struct DispatcherParts {
             client: self.client, backend: backend,
             artifacts: ArtifactResolver(storageURL: environment["STORAGE_URL"], token: environment["STORAGE_TOKEN"]),
             tokens: try RunnerTokenMinter(secret: secret), logger: logger)
-        func consumer(_ queue: String, _ handler: @escaping AMQPConsumerService.Handler) -> AMQPConsumerService {
-            .workQueue(
+        func consumer(_ queue: String, _ handler: @escaping AMQPConsumerService.Handler) throws -> AMQPConsumerService
+        {
+            try .workQueue(
                 queue, broker: broker, publisher: publisher, topology: topology, concurrency: concurrency,
-                logger: logger, handler: handler)
+                environment: environment, logger: logger, handler: handler)
         }
         var roles: [any Service] = [
-            consumer("cloudscan.dispatch", dispatcher.handleDispatch),
-            consumer("cloudscan.cancel", dispatcher.handleCancel),
+            try consumer("cloudscan.dispatch", dispatcher.handleDispatch),
+            try consumer("cloudscan.cancel", dispatcher.handleCancel),
         ]
         if case .local = kind, let local = backend as? LocalProcessBackend {
             roles.append(LocalOutcomeLogger(backend: local, logger: logger))

@@ -35,7 +35,7 @@ struct NotifierParts {
                 timeout: .seconds(
                     try FleetSettings.integer("WEBHOOK_TIMEOUT_SECONDS", 10, in: 1...300, from: environment))),
             logger: logger)
-        service = AMQPConsumerService.workQueue(
+        service = try AMQPConsumerService.workQueue(
             queue, broker: broker, publisher: publisher, topology: topology, concurrency: concurrency,
             connectionName: "cloudscan-notifier", logger: logger, handler: notifier.handle)
     }

@@ -65,7 +65,7 @@ struct WriterParts {
                         client: client,
                         deadLetter: .init(publisher: publisher, exchange: Exchanges.deadLetter, routingKey: queue),
                         tokens: tokens,
-                        configuration: Self.findingsConfiguration(
+                        configuration: try Self.findingsConfiguration(
                             maximumRows: try integer("FINDINGS_BATCH_ROWS", 5000),
                             maximumDelayMS: try integer("FINDINGS_BATCH_DELAY_MS", 50), environment),
                         logger: logger))
@@ -75,7 +75,7 @@ struct WriterParts {
             let queue = "cloudscan.status.ingest"
             let writer = StatusWriter(client: client, tokens: tokens, logger: logger)
             services.append(
-                AMQPConsumerService.workQueue(
+                try AMQPConsumerService.workQueue(
                     queue, broker: broker, publisher: publisher, topology: topology, concurrency: statusConcurrency,
                     connectionName: "cloudscan-status-writer", logger: logger, handler: writer.handle))
         }
@@ -88,11 +88,12 @@ struct WriterParts {
     }
 
     private static func findingsConfiguration(maximumRows: Int, maximumDelayMS: Int, _ environment: [String: String])
-        -> FindingsWriter.Configuration
+        throws -> FindingsWriter.Configuration
     {
         var configuration = FindingsWriter.Configuration(
             maximumRows: maximumRows, maximumDelay: .milliseconds(maximumDelayMS))
         configuration.metrics = ProcessMetrics.shared
+        configuration.drainTimeout = try drainTimeout(environment)
         configuration.queueMetrics = ProcessMetrics.shared.queue("cloudscan.findings.ingest")
         if let fault = environment["CLOUDSCAN_FAULT"], fault.hasPrefix("findings-writer:") {
             configuration.pauseAt = .init(rawValue: String(fault.dropFirst("findings-writer:".count)))
