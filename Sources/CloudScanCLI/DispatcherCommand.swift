@@ -71,8 +71,7 @@ struct DispatcherParts {
             client: self.client, backend: backend,
             artifacts: ArtifactResolver(storageURL: environment["STORAGE_URL"], token: environment["STORAGE_TOKEN"]),
             tokens: try RunnerTokenMinter(secret: secret), logger: logger)
-        func consumer(_ queue: String, _ handler: @escaping AMQPConsumerService.Handler) throws -> AMQPConsumerService
-        {
+        func consumer(_ queue: String, _ handler: @escaping AMQPConsumerService.Handler) throws -> AMQPConsumerService {
             try .workQueue(
                 queue, broker: broker, publisher: publisher, topology: topology, concurrency: concurrency,
                 environment: environment, logger: logger, handler: handler)

@@ -69,9 +69,12 @@ public struct OutboxRelay: Service {
                 }
             }
             group.addTask {
-                try await cancelWhenGracefulShutdown {
+                // Graceful shutdown ends the loop between batches, never inside one: a batch whose
+                // publishes were confirmed is marked sent before the process exits, so a drain does
+                // not publish anything twice.
+                await withGracefulShutdownHandler {
                     var lagMeasured = ContinuousClock.now - configuration.lagInterval
-                    while !Task.isCancelled {
+                    while !Task.isCancelled, !Task.isShuttingDownGracefully {
                         if let metrics = configuration.metrics,
                             ContinuousClock.now - lagMeasured >= configuration.lagInterval
                         {
@@ -87,10 +90,12 @@ public struct OutboxRelay: Service {
                             logger.warning("outbox relay pass failed", metadata: ["error": "\(error)"])
                             relayed = 0
                         }
-                        if relayed < configuration.batchSize {
+                        if relayed < configuration.batchSize, !Task.isShuttingDownGracefully {
                             await wake.wait(upTo: configuration.sweepInterval)
                         }
                     }
+                } onGracefulShutdown: {
+                    wake.signal()
                 }
             }
             try await group.next()

@@ -117,4 +117,105 @@ struct DispatcherProcessTests {
             }
         }
     }
+
+    @Test(
+        "SIGTERM with Job creates in flight (a slow API server): they finish and are acked within the drain, exit 0; the next dispatcher takes the rest; one Job per scan"
+    )
+    func drainsUnderLoad() async throws {
+        try await TestBroker.withFleetVirtualHost("dispdrain", queues: ["cloudscan.dispatch", "cloudscan.cancel"]) {
+            broker, url in
+            let standIn = try await KubernetesStandIn.start()
+            defer { Task { await standIn.stop() } }
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dispdrain-\(UUID())")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let kubeconfig = directory.appendingPathComponent("kubeconfig")
+            try """
+            current-context: test
+            clusters: [{name: s, cluster: {server: "\(standIn.server)"}}]
+            users: [{name: u, user: {token: \(KubernetesStandIn.adminToken)}}]
+            contexts: [{name: test, context: {cluster: s, user: u, namespace: cloudscan}}]
+            """.write(to: kubeconfig, atomically: true, encoding: .utf8)
+            try await TestDatabase.withSchema("dispdrain", migrated: true) { db in
+                try await TestDatabase.withClient(db.appConfiguration()) { app in
+                    let (org, _) = try await TestDatabase.seedOrganization(app)
+                    // Room for every scan at once (the default concurrency quota is 10).
+                    try await app.withTransaction(organizationID: org) { c in
+                        try await c.execute("UPDATE organizations SET concurrency_quota = 100 WHERE id = \(org)")
+                    }
+                    let environment = [
+                        "DATABASE_URL":
+                            "postgresql://\(TestDatabase.appUser):\(TestDatabase.appPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+                        "DB_SCHEMA": db.schema, "AMQP_URL": url, "KUBECONFIG": kubeconfig.path,
+                        "RUNNER_TOKEN_SECRET": "a-test-runner-token-secret-of-32-bytes-or-more",
+                        "TOPOLOGY_FILE": TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json")
+                            .path,
+                        "DISPATCH_CONCURRENCY": "4", "DRAIN_TIMEOUT_SECONDS": "20", "METRICS_PORT": "0",
+                    ]
+                    // Every Job create takes 1.5 s: four are in flight at any moment.
+                    await standIn.cluster.inject(
+                        .delay(.milliseconds(1500)), times: 100, method: "POST", pathContains: "/jobs")
+                    let service = ScanService(client: app, logger: TestDatabase.logger("svc"))
+                    let publisher = AMQPPublisher(
+                        configuration: .init(broker: broker), logger: TestDatabase.logger("pub"))
+                    var scans: [UUID] = []
+                    for _ in 0..<16 {
+                        let created = try await service.createScan(
+                            organizationID: org,
+                            request: CreateScanRequest(
+                                project: .init(externalKey: "proj-123"), scanTypes: ["sast"],
+                                artifactURL: "https://s/a.tgz"))
+                        scans.append(created.scan.id)
+                        let message = ScanCreateMessage(
+                            scanID: created.scan.id, organizationID: org, project: .init(id: created.scan.projectID),
+                            scanTypes: [.sast], artifact: .init(url: "https://s/a.tgz"),
+                            requestedAt: created.scan.createdAt)
+                        try await publisher.publish(
+                            AMQPMessage(
+                                body: Array(try MessageCoding.encoder().encode(message)),
+                                contentType: "application/json", type: MessageType.scanCreate.rawValue,
+                                messageID: UUID().uuidString,
+                                headers: [MessageHeaders.organizationID: org.uuidString.lowercased()]),
+                            exchange: Exchanges.commands, routingKey: "scan.create")
+                    }
+                    await publisher.close()
+                    let log1 = directory.appendingPathComponent("1.log").path
+                    let first = try BackgroundCommand(
+                        [Self.binary, "dispatcher", "--backend", "kubernetes"], environment: environment, logFile: log1)
+                    let deadline = ContinuousClock.now + .seconds(60)
+                    while await standIn.cluster.jobCreates.count < 4, ContinuousClock.now < deadline {
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    kill(first.pid, SIGTERM)
+                    #expect(await first.wait() == 0, "drained and exited 0")
+                    let afterFirst = await standIn.cluster.jobNames(namespace: "cloudscan").count
+                    #expect(afterFirst >= 4 && afterFirst < 16, "SIGTERM landed mid-stream: \(afterFirst) Jobs")
+                    #expect(await standIn.cluster.jobCreates.count == afterFirst, "every create it began, it finished")
+
+                    let log2 = directory.appendingPathComponent("2.log").path
+                    let second = try BackgroundCommand(
+                        [Self.binary, "dispatcher", "--backend", "kubernetes"], environment: environment, logFile: log2)
+                    let deadline2 = ContinuousClock.now + .seconds(90)
+                    while await standIn.cluster.jobNames(namespace: "cloudscan").count < 16,
+                        ContinuousClock.now < deadline2
+                    {
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                    try await Task.sleep(for: .milliseconds(500))
+                    #expect(await second.stop(SIGTERM) == 0)
+                    #expect(await standIn.cluster.jobNames(namespace: "cloudscan").count == 16, "one Job per scan")
+                    #expect(
+                        await standIn.cluster.jobCreates.count == 16,
+                        "no create repeated: the first process acked what it finished")
+                    for scan in scans {
+                        let events = try await app.withTransaction(organizationID: org) { c in
+                            try await c.query("SELECT to_status FROM scan_events WHERE scan_id = \(scan) ORDER BY id")
+                                .map { try $0.decode(String.self, at: 0) }
+                        }
+                        #expect(events == ["queued", "dispatched"], "\(scan): \(events)")
+                    }
+                }
+            }
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 usage: webhook_receiver.py DIRECTORY SECRET PORT_FILE
 POST /hook/NAME: behaves as DIRECTORY/NAME.mode says — "ok" (204, the default), "fail" (503),
-"hang" (never answers within a minute). Every request is appended to DIRECTORY/NAME.jsonl as
+"hang" (never answers within a minute), "slow" (204 after 0.5 s). Every request is appended to DIRECTORY/NAME.jsonl as
 {"verified": bool, "fresh": bool, "delivery": ..., "event": ..., "status": <answer>, "body": {...}}.
 The signature: X-Cloudscan-Signature: t=<unix>,v1=<hex HMAC-SHA256(SECRET, "<t>.<body>")>.
 """
@@ -43,6 +43,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if mode == "hang":
             time.sleep(60)
             return
+        if mode == "slow":
+            time.sleep(0.5)
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()
