@@ -110,7 +110,8 @@ extension ScanService {
         let wakeups = hub.subscribe(id)
         // One snapshot for both reads: at READ COMMITTED a change committed between them would be
         // counted in `last` while the scan still showed the state before it (and never be sent).
-        let (scan, last) = try await client.withTransaction(organizationID: organizationID, isolation: .repeatableRead) {
+        let (scan, last) = try await client.withTransaction(organizationID: organizationID, isolation: .repeatableRead)
+        {
             c in
             guard let scan = try await Self.fetch(c, id: id) else {
                 throw ScanServiceError(code: .notFound, message: "no scan \(id)")
