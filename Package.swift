@@ -143,6 +143,7 @@ let package = Package(
             dependencies: [
                 "CloudScanCore",
                 "CloudScanPostgres",
+                "CloudScanStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -33,7 +33,8 @@ extension Authenticator {
             authorization: request.headers[.authorization],
             clientCertificate: await context.clientCertificate(),
             developmentOrganization: request.headers[Self.organizationHeader],
-            developmentSubject: request.headers[Self.subjectHeader])
+            developmentSubject: request.headers[Self.subjectHeader],
+            developmentRoles: request.headers[Self.rolesHeader])
         do {
             return try await authenticate(credentials)
         } catch {
@@ -43,6 +44,7 @@ extension Authenticator {
 
     private static var organizationHeader: HTTPField.Name { HTTPField.Name("X-Cloudscan-Organization")! }
     private static var subjectHeader: HTTPField.Name { HTTPField.Name("X-Cloudscan-Subject")! }
+    private static var rolesHeader: HTTPField.Name { HTTPField.Name("X-Cloudscan-Roles")! }
 }
 
 /// Server TLS for the HTTP API. With a client CA, client certificates are verified when sent

@@ -16,13 +16,15 @@ public struct ScanAPI: Sendable {
     let authenticator: any Authenticator
     let readiness: @Sendable () async -> [String: Bool]
     let metrics: FleetMetrics
+    let policy: AdminPolicy
 
     /// `readiness` reports each dependency (e.g. `postgres`, `broker`) as up or down; `metrics` is
-    /// the process's registry, served on `/metrics`.
+    /// the process's registry, served on `/metrics`; `policy` names the administration roles.
     public init(
         service: ScanService, authenticator: any Authenticator, metrics: FleetMetrics = FleetMetrics(),
-        readiness: @escaping @Sendable () async -> [String: Bool]
+        policy: AdminPolicy = AdminPolicy(), readiness: @escaping @Sendable () async -> [String: Bool]
     ) {
+        self.policy = policy
         self.service = service
         self.authenticator = authenticator
         self.readiness = readiness
@@ -101,12 +103,14 @@ public struct ScanAPI: Sendable {
             try await mapped { try await service.webhooks.delete(organizationID: caller.organizationID, id: id) }
             return Response(status: .noContent)
         }
+        addAdminRoutes(to: router)
         // Known paths answer other methods with 405 and the allowed ones.
-        let allowed: [(RouterPath, [HTTPRequest.Method])] = [
-            ("/healthz", [.get]), ("/readyz", [.get]), ("/metrics", [.get]), ("/api/v1/scans", [.get, .post]),
-            ("/api/v1/scans/{id}", [.get, .patch, .delete]), ("/api/v1/scans/{id}/findings", [.get]),
-            ("/api/v1/webhooks", [.get, .post]), ("/api/v1/webhooks/{id}", [.delete]),
-        ]
+        let allowed: [(RouterPath, [HTTPRequest.Method])] =
+            Self.adminPaths + [
+                ("/healthz", [.get]), ("/readyz", [.get]), ("/metrics", [.get]), ("/api/v1/scans", [.get, .post]),
+                ("/api/v1/scans/{id}", [.get, .patch, .delete]), ("/api/v1/scans/{id}/findings", [.get]),
+                ("/api/v1/webhooks", [.get, .post]), ("/api/v1/webhooks/{id}", [.delete]),
+            ]
         let every: [HTTPRequest.Method] = [
             .get, .head, .post, .put, .patch, .delete, .options, .trace, .connect, HTTPRequest.Method("QUERY")!,
         ]
@@ -222,7 +226,7 @@ public struct ScanAPI: Sendable {
         let query = request.uri.queryParameters
         var filter = ScanService.FindingsFilter()
         if let text = query["severity"] {
-            for part in text.split(separator: ",") {
+            for part in text.split(separator: ",", omittingEmptySubsequences: false) {
                 guard let severity = Severity(rawValue: String(part)) else {
                     throw Problem(
                         .badRequest, title: "Invalid request",
@@ -366,13 +370,14 @@ enum CreateScanJSON {
             var sha256: String?
         }
         var project: Project
-        var scan_types: [String]
+        var scan_types: [String]?
         var artifact: Artifact
         var timeout_seconds: Int?
         var labels: [String: String]?
     }
 
     static func decode(_ data: Data) throws -> CreateScanRequest {
+        try Problem.refuseNulls(data)
         let body: Body
         do {
             body = try JSONDecoder().decode(Body.self, from: data)
@@ -387,7 +392,7 @@ enum CreateScanJSON {
             projectID = id
         }
         return CreateScanRequest(
-            project: .init(id: projectID, externalKey: body.project.external_key), scanTypes: body.scan_types,
+            project: .init(id: projectID, externalKey: body.project.external_key), scanTypes: body.scan_types ?? [],
             artifactURL: body.artifact.url, artifactSHA256: body.artifact.sha256, timeoutSeconds: body.timeout_seconds,
             labels: body.labels ?? [:])
     }
@@ -429,6 +434,7 @@ enum WebhookJSON {
     }
 
     static func decodeCreate(_ data: Data) throws -> CreateWebhookRequest {
+        try Problem.refuseNulls(data)
         let body: Body
         do {
             body = try JSONDecoder().decode(Body.self, from: data)
@@ -442,6 +448,26 @@ enum WebhookJSON {
 }
 
 extension Problem {
+    /// No field of these bodies may be null (an optional one is left out instead): 400 naming the
+    /// first null found. Invalid JSON is left to the decoder's own error.
+    static func refuseNulls(_ data: Data) throws {
+        guard let root = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) else { return }
+        func walk(_ value: Any, _ path: String) throws {
+            if value is NSNull {
+                throw Problem(
+                    .badRequest, title: "Invalid request",
+                    detail: "\(path.isEmpty ? "the body" : path) must not be null",
+                    field: path.isEmpty ? "body" : path)
+            }
+            if let object = value as? [String: Any] {
+                for key in object.keys.sorted() { try walk(object[key]!, path.isEmpty ? key : "\(path).\(key)") }
+            } else if let array = value as? [Any] {
+                for (index, element) in array.enumerated() { try walk(element, "\(path)[\(index)]") }
+            }
+        }
+        try walk(root, "")
+    }
+
     /// A body that did not decode: 400 naming the field and why.
     init(decoding error: DecodingError) {
         let (path, reason): ([CodingKey], String)

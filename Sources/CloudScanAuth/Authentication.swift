@@ -12,6 +12,30 @@ public struct Caller: Sendable, Hashable {
         self.subject = subject
         self.roles = roles
     }
+
+    /// The organization of a platform admin who names none: no organization has it, so every
+    /// organization-scoped query of such a caller finds nothing.
+    public static let noOrganization = UUID(uuid: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+}
+
+/// Who may administer what: platform admins (a JWT role, or an mTLS identity named in the
+/// configuration) manage organizations; an organization's admins manage its projects, never
+/// another organization's. Role names are configurable (`PLATFORM_ADMIN_ROLE`, `ORG_ADMIN_ROLE`).
+public struct AdminPolicy: Sendable, Hashable {
+    public var platformAdminRole: String
+    public var organizationAdminRole: String
+
+    public init(platformAdminRole: String = "platform-admin", organizationAdminRole: String = "org-admin") {
+        self.platformAdminRole = platformAdminRole
+        self.organizationAdminRole = organizationAdminRole
+    }
+
+    public func isPlatformAdmin(_ caller: Caller) -> Bool { caller.roles.contains(platformAdminRole) }
+
+    /// The caller administers its own organization's projects.
+    public func isOrganizationAdmin(_ caller: Caller) -> Bool {
+        caller.organizationID != Caller.noOrganization && caller.roles.contains(organizationAdminRole)
+    }
 }
 
 /// What a request carries that may identify its caller, whatever the transport (HTTP headers or
@@ -21,18 +45,20 @@ public struct Credentials: Sendable {
     public var authorization: String?
     /// A verified client certificate from mTLS, if the connection had one.
     public var clientCertificate: ClientCertificate?
-    /// Development only: `X-Cloudscan-Organization` and `X-Cloudscan-Subject`.
+    /// Development only: `X-Cloudscan-Organization`, `X-Cloudscan-Subject`, `X-Cloudscan-Roles`.
     public var developmentOrganization: String?
     public var developmentSubject: String?
+    public var developmentRoles: String?
 
     public init(
         authorization: String? = nil, clientCertificate: ClientCertificate? = nil,
-        developmentOrganization: String? = nil, developmentSubject: String? = nil
+        developmentOrganization: String? = nil, developmentSubject: String? = nil, developmentRoles: String? = nil
     ) {
         self.authorization = authorization
         self.clientCertificate = clientCertificate
         self.developmentOrganization = developmentOrganization
         self.developmentSubject = developmentSubject
+        self.developmentRoles = developmentRoles
     }
 }
 
@@ -74,17 +100,27 @@ public protocol Authenticator: Sendable {
     func authenticate(_ credentials: Credentials) async throws(AuthenticationError) -> Caller
 }
 
-/// DEVELOPMENT ONLY: trusts `X-Cloudscan-Organization` (and `X-Cloudscan-Subject`).
-/// `cloudscan api` uses it only with `--insecure-development-auth`, and says so loudly at start.
+/// DEVELOPMENT ONLY: trusts `X-Cloudscan-Organization` (and `X-Cloudscan-Subject`,
+/// `X-Cloudscan-Roles`: comma-separated). Without an organization, only a caller with the
+/// platform admin role is accepted. `cloudscan api` uses it only with
+/// `--insecure-development-auth`, and says so loudly at start.
 public struct DevelopmentAuthenticator: Authenticator {
-    public init() {}
+    public var policy: AdminPolicy
+    public init(policy: AdminPolicy = AdminPolicy()) { self.policy = policy }
 
     public func authenticate(_ credentials: Credentials) async throws(AuthenticationError) -> Caller {
+        let roles = (credentials.developmentRoles ?? "").split(separator: ",").map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }.filter { !$0.isEmpty }
+        let subject = credentials.developmentSubject ?? "developer"
         guard let text = credentials.developmentOrganization, let organization = UUID(uuidString: text) else {
+            if credentials.developmentOrganization == nil, roles.contains(policy.platformAdminRole) {
+                return Caller(organizationID: Caller.noOrganization, subject: subject, roles: roles)
+            }
             throw AuthenticationError(
                 "development authentication: send X-Cloudscan-Organization with an organization id")
         }
-        return Caller(organizationID: organization, subject: credentials.developmentSubject ?? "developer")
+        return Caller(organizationID: organization, subject: subject, roles: roles)
     }
 }
 
@@ -94,12 +130,23 @@ public struct DevelopmentAuthenticator: Authenticator {
 /// against the configured client CA before this runs.
 public struct ClientCertificateAuthenticator: Authenticator {
     public var trustDomain: String
+    /// URI SANs that are platform admins (`PLATFORM_ADMIN_IDENTITIES`), e.g.
+    /// `spiffe://cloudscan/platform/admin`: such a caller gets the platform admin role.
+    public var platformAdminIdentities: Set<String>
+    public var policy: AdminPolicy
 
-    public init(trustDomain: String) { self.trustDomain = trustDomain }
+    public init(trustDomain: String, platformAdminIdentities: Set<String> = [], policy: AdminPolicy = AdminPolicy()) {
+        self.trustDomain = trustDomain
+        self.platformAdminIdentities = platformAdminIdentities
+        self.policy = policy
+    }
 
     public func authenticate(_ credentials: Credentials) async throws(AuthenticationError) -> Caller {
         guard let certificate = credentials.clientCertificate else {
             throw AuthenticationError("a client certificate is required")
+        }
+        if let admin = certificate.uris.first(where: { platformAdminIdentities.contains($0) }) {
+            return Caller(organizationID: Caller.noOrganization, subject: admin, roles: [policy.platformAdminRole])
         }
         let prefix = "spiffe://\(trustDomain)/org/"
         for uri in certificate.uris where uri.hasPrefix(prefix) {

@@ -28,12 +28,16 @@ public final class JWTAuthenticator: Authenticator {
         public var jwksMinimumRefreshInterval: Duration
         /// A shared HS256 secret, for development.
         public var hmacSecret: String?
+        /// A token with this role may name no organization (a platform admin's).
+        public var platformAdminRole: String?
 
         public init(
             issuer: String, audience: String, organizationClaim: String = "org_id", rolesClaim: String = "roles",
             jwksJSON: String? = nil, jwksURL: String? = nil, jwksMaxAge: Duration = .seconds(600),
-            jwksMinimumRefreshInterval: Duration = .seconds(30), hmacSecret: String? = nil
+            jwksMinimumRefreshInterval: Duration = .seconds(30), hmacSecret: String? = nil,
+            platformAdminRole: String? = "platform-admin"
         ) {
+            self.platformAdminRole = platformAdminRole
             self.issuer = issuer
             self.audience = audience
             self.organizationClaim = organizationClaim
@@ -88,15 +92,25 @@ public final class JWTAuthenticator: Authenticator {
             throw Self.refused
         }
         guard claims.iss?.value == configuration.issuer,
-            (try? claims.aud?.verifyIntendedAudience(includes: configuration.audience)) != nil, claims.aud != nil,
-            case .string(let orgText)? = claims.extra[configuration.organizationClaim],
-            let organization = UUID(uuidString: orgText)
+            (try? claims.aud?.verifyIntendedAudience(includes: configuration.audience)) != nil, claims.aud != nil
         else { throw Self.refused }
         var roles: [String] = []
         if case .array(let values)? = claims.extra[configuration.rolesClaim] {
             roles = values.compactMap { if case .string(let role) = $0 { role } else { nil } }
         }
-        return Caller(organizationID: organization, subject: claims.sub?.value ?? "unknown", roles: roles)
+        let subject = claims.sub?.value ?? "unknown"
+        guard case .string(let orgText)? = claims.extra[configuration.organizationClaim],
+            let organization = UUID(uuidString: orgText)
+        else {
+            // A platform admin's token may name no organization.
+            if claims.extra[configuration.organizationClaim] == nil, let admin = configuration.platformAdminRole,
+                roles.contains(admin)
+            {
+                return Caller(organizationID: Caller.noOrganization, subject: subject, roles: roles)
+            }
+            throw Self.refused
+        }
+        return Caller(organizationID: organization, subject: subject, roles: roles)
     }
 
     /// The verification keys, refreshed from the JWKS URL when stale or missing a key id.
@@ -265,5 +279,27 @@ public final class JWTAuthenticator: Authenticator {
             try exp.verifyNotExpired()
             try nbf?.verifyNotBefore()
         }
+    }
+}
+
+/// Tokens signed with the HS256 secret (`JWT_HS256_SECRET`): for bootstrap and development
+/// (`cloudscan admin token`). Deployments that verify with a JWKS get their tokens from their
+/// identity provider instead.
+public enum HS256TokenMinter {
+    public static func token(
+        secret: String, issuer: String, audience: String, subject: String, organizationID: UUID?, roles: [String],
+        lifetime: TimeInterval, organizationClaim: String = "org_id", rolesClaim: String = "roles"
+    ) async throws -> String {
+        guard secret.utf8.count >= 32 else {
+            throw JWTAuthenticator.ConfigurationError(description: "JWT_HS256_SECRET: at least 32 bytes")
+        }
+        let keys = await JWTKeyCollection().add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        var extra: [String: JSONValue] = [rolesClaim: .array(roles.map { .string($0) })]
+        if let organizationID { extra[organizationClaim] = .string(organizationID.uuidString.lowercased()) }
+        return try await keys.sign(
+            JWTAuthenticator.Claims(
+                exp: Date().addingTimeInterval(lifetime), nbf: Date().addingTimeInterval(-5), iss: issuer,
+                aud: audience,
+                sub: subject, extra: extra))
     }
 }

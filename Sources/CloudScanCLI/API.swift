@@ -51,12 +51,22 @@ struct APIParts {
         insecureDevelopmentAuth: Bool, relay: Bool, logger: Logger
     ) async throws {
         let environment = FleetSettings.values
+        // Who administers: PLATFORM_ADMIN_ROLE (platform-admin) manages organizations, ORG_ADMIN_ROLE
+        // (org-admin) its organization's projects; PLATFORM_ADMIN_IDENTITIES lists mTLS URI SANs
+        // that are platform admins.
+        let policy = AdminPolicy(
+            platformAdminRole: environment["PLATFORM_ADMIN_ROLE"] ?? "platform-admin",
+            organizationAdminRole: environment["ORG_ADMIN_ROLE"] ?? "org-admin")
+        let platformIdentities = Set(
+            (environment["PLATFORM_ADMIN_IDENTITIES"] ?? "").split(separator: ",").map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }.filter { !$0.isEmpty })
         var bearer: any Authenticator
         if insecureDevelopmentAuth {
             logger.critical(
                 "AUTHENTICATION IS DISABLED: callers are trusted to name their organization (X-Cloudscan-Organization). Development only."
             )
-            bearer = DevelopmentAuthenticator()
+            bearer = DevelopmentAuthenticator(policy: policy)
         } else {
             bearer = try await Self.jwtAuthenticator(environment, logger: logger)
         }
@@ -77,17 +87,21 @@ struct APIParts {
             : ChainedAuthenticator(
                 bearer: bearer,
                 certificate: ClientCertificateAuthenticator(
-                    trustDomain: environment["MTLS_TRUST_DOMAIN"] ?? "cloudscan"))
+                    trustDomain: environment["MTLS_TRUST_DOMAIN"] ?? "cloudscan",
+                    platformAdminIdentities: platformIdentities, policy: policy))
 
         let metrics = ProcessMetrics.shared
         let client = PostgresClient(configuration: database, logger: logger)
-        let service = ScanService(client: client, logger: logger)
+        var service = ScanService(client: client, logger: logger)
+        service.autoCreateProjectsDefault =
+            (environment["AUTO_CREATE_PROJECTS_DEFAULT"] ?? (insecureDevelopmentAuth ? "true" : "false")) == "true"
         let readiness: @Sendable () async -> [String: Bool] = {
             let postgres = (try? await client.query("SELECT 1")) != nil
             let amqp = (try? await AMQPProbe.serverProperties(broker)) != nil
             return ["postgres": postgres, "broker": amqp]
         }
-        let api = ScanAPI(service: service, authenticator: authenticator, metrics: metrics, readiness: readiness)
+        let api = ScanAPI(
+            service: service, authenticator: authenticator, metrics: metrics, policy: policy, readiness: readiness)
         let httpConfiguration = ApplicationConfiguration(address: .hostname(listenHost, port: listenPort))
         let application: any Service
         if let tls {
@@ -116,7 +130,7 @@ struct APIParts {
         let grpc = GRPCServerService(
             host: listenHost, port: grpcListenPort, tls: tls,
             services: [
-                scanRPCs, WebhookGRPCService(scans: scanRPCs),
+                scanRPCs, WebhookGRPCService(scans: scanRPCs), AdminGRPCService(scans: scanRPCs, policy: policy),
                 HealthService(readiness: readiness), ReflectionServiceV1(), ReflectionServiceV1Alpha(),
             ], logger: logger)
         logger.info(
@@ -169,7 +183,8 @@ struct APIParts {
                     issuer: issuer, audience: audience,
                     organizationClaim: environment["JWT_ORGANIZATION_CLAIM"] ?? "org_id",
                     rolesClaim: environment["JWT_ROLES_CLAIM"] ?? "roles", jwksJSON: jwks,
-                    jwksURL: environment["JWT_JWKS_URL"], hmacSecret: environment["JWT_HS256_SECRET"]),
+                    jwksURL: environment["JWT_JWKS_URL"], hmacSecret: environment["JWT_HS256_SECRET"],
+                    platformAdminRole: environment["PLATFORM_ADMIN_ROLE"] ?? "platform-admin"),
                 logger: logger)
         } catch {
             throw ValidationError("JWT configuration: \(error)")

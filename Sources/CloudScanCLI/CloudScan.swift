@@ -10,7 +10,7 @@ struct CloudScan: AsyncParsableCommand {
         subcommands: [
             Migrate.self, Topology.self, API.self, Relay.self, DispatcherCommand.self, RunnerCommand.self,
             FindingsWriterCommand.self, StatusWriterCommand.self, SweeperCommand.self, CleanerCommand.self,
-            NotifierCommand.self, Dev.self,
+            NotifierCommand.self, AdminCommand.self, Dev.self,
         ]
     )
 }

@@ -84,7 +84,8 @@ public struct CreateScanRequest: Sendable, Hashable, Codable {
         self.labels = labels
     }
 
-    /// Checks sizes and formats; returns the parsed scan types. Every failure names its field.
+    /// Checks sizes and formats; returns the parsed scan types (none: the project's defaults).
+    /// Every failure names its field.
     public func validated() throws(ScanServiceError) -> [ScanType] {
         if project.id == nil && (project.externalKey ?? "").isEmpty {
             throw .invalidArgument(field: "project", "give a project id or external_key")
@@ -92,7 +93,6 @@ public struct CreateScanRequest: Sendable, Hashable, Codable {
         if let key = project.externalKey, key.count > 200 {
             throw .invalidArgument(field: "project.external_key", "at most 200 characters")
         }
-        if scanTypes.isEmpty { throw .invalidArgument(field: "scan_types", "at least one scan type") }
         var types: [ScanType] = []
         for text in scanTypes {
             guard let type = ScanType(rawValue: text) else {

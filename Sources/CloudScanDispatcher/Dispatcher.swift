@@ -325,21 +325,24 @@ public struct Dispatcher: Sendable {
             return "invalid scan.create.v1: \(error.field.map { "\($0): " } ?? "")\(error.message)"
         }
         let lookup = try await c.query(
-            """
-            SELECT o.disabled_at IS NOT NULL, o.enabled_scan_types, p.id, p.timeout_seconds
-            FROM organizations o
-            LEFT JOIN projects p ON p.archived_at IS NULL
-                AND (p.id = \(message.project.id) OR (\(message.project.id)::uuid IS NULL
-                                                      AND p.external_key = \(message.project.externalKey)))
-            """)
+            "SELECT o.disabled_at IS NOT NULL, o.enabled_scan_types, o.auto_create_projects FROM organizations o")
         guard let org = lookup.first else { return "unknown organization" }
         if try org.decode(Bool.self, at: 0) { return "the organization is disabled" }
+        let (byID, byKey) = try await ProjectResolver.resolve(
+            c, organizationID: message.organizationID, ids: Set([message.project.id].compactMap { $0 }),
+            keys: message.project.id == nil ? Set([message.project.externalKey].compactMap { $0 }) : [],
+            autoCreate: try org.decode(Bool.self, at: 2), actor: "first use of the project key")
+        guard let project = message.project.id.map({ byID[$0] }) ?? message.project.externalKey.flatMap({ byKey[$0] })
+        else {
+            return "no project with this id or external_key in this organization (and auto_create_projects is off)"
+        }
+        let types = scanTypes.isEmpty ? project.defaultScanTypes : scanTypes
         let enabled = Set(try org.decode([String].self, at: 1))
-        if let refused = scanTypes.first(where: { !enabled.contains($0.rawValue) }) {
+        if let refused = types.first(where: { !enabled.contains($0.rawValue) }) {
             return "scan type '\(refused.rawValue)' is not enabled for this organization"
         }
-        guard let projectID = try org.decode(UUID?.self, at: 2) else { return "no such project in this organization" }
-        let timeout = try message.timeoutSeconds ?? org.decode(Int.self, at: 3)
+        let projectID = project.id
+        let timeout = message.timeoutSeconds ?? project.timeoutSeconds
         let canceled = try await c.query(
             "SELECT reason FROM scan_cancel_requests WHERE scan_id = \(message.scanID)"
         ).first
@@ -350,7 +353,7 @@ public struct Dispatcher: Sendable {
             INSERT INTO scans (id, created_at, organization_id, project_id, status, scan_types, artifact_ref,
                                artifact_sha256, timeout_seconds, labels, finished_at, traceparent)
             VALUES (\(message.scanID), now(), \(message.organizationID), \(projectID), \(status.rawValue),
-                    \(scanTypes.map(\.rawValue)), \(message.artifact.url), \(message.artifact.sha256), \(Int32(timeout)),
+                    \(types.map(\.rawValue)), \(message.artifact.url), \(message.artifact.sha256), \(Int32(timeout)),
                     \(labels), \(status == .canceled ? Date() : nil), \(TraceContext.current?.traceparent))
             RETURNING created_at
             """)

@@ -203,7 +203,8 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
         var credentials = Credentials(
             authorization: metadata[stringValues: "authorization"].first(where: { _ in true }),
             developmentOrganization: metadata[stringValues: "x-cloudscan-organization"].first(where: { _ in true }),
-            developmentSubject: metadata[stringValues: "x-cloudscan-subject"].first(where: { _ in true }))
+            developmentSubject: metadata[stringValues: "x-cloudscan-subject"].first(where: { _ in true }),
+            developmentRoles: metadata[stringValues: "x-cloudscan-roles"].first(where: { _ in true }))
         if let posix = context.transportSpecific as? HTTP2ServerTransport.Posix.Context,
             let certificate = posix.peerCertificate
         {

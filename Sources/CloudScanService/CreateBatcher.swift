@@ -1,5 +1,6 @@
 import CloudScanCore
 import CloudScanPostgres
+import CloudScanStore
 import Foundation
 import Logging
 import Synchronization
@@ -126,7 +127,8 @@ extension ScanService {
             let orgRows = try await c.query(
                 """
                 SELECT o.disabled_at IS NOT NULL, o.queued_scan_cap, o.enabled_scan_types,
-                       (SELECT coalesce(sum(q.queued), 0)::bigint FROM organization_queue_counts q WHERE q.organization_id = o.id)
+                       (SELECT coalesce(sum(q.queued), 0)::bigint FROM organization_queue_counts q WHERE q.organization_id = o.id),
+                       o.auto_create_projects
                 FROM organizations o
                 """)
             guard let org = orgRows.first else {
@@ -143,22 +145,12 @@ extension ScanService {
             let enabled = Set(try org.decode([String].self, at: 2))
             var queued = try org.decode(Int.self, at: 3)
 
-            // The group's projects, by id and by the gateway's key, in one query.
-            let ids = Set(jobs.compactMap { $0.request.project.id?.uuidString.lowercased() })
-            let keys = Set(jobs.compactMap { $0.request.project.id == nil ? $0.request.project.externalKey : nil })
-            let projectRows = try await c.query(
-                """
-                SELECT id, external_key, timeout_seconds FROM projects
-                WHERE archived_at IS NULL AND (id = ANY(\(Array(ids))::uuid[]) OR external_key = ANY(\(Array(keys))))
-                """)
-            var byID: [UUID: Int] = [:]
-            var byKey: [String: (UUID, Int)] = [:]
-            for row in projectRows {
-                let id = try row.decode(UUID.self, at: 0)
-                let timeout = (try row.decode(Int32.self, at: 2)).asInt
-                byID[id] = timeout
-                if let key = try row.decode(String?.self, at: 1) { byKey[key] = (id, timeout) }
-            }
+            // The group's projects, by id and by the gateway's key (made on first use when the
+            // organization says so).
+            let (byID, byKey) = try await ProjectResolver.resolve(
+                c, organizationID: organizationID, ids: Set(jobs.compactMap { $0.request.project.id }),
+                keys: Set(jobs.compactMap { $0.request.project.id == nil ? $0.request.project.externalKey : nil }),
+                autoCreate: try org.decode(Bool.self, at: 4), actor: "first use of the project key")
 
             // Each request's fate; the admitted ones become rows of one INSERT.
             var outcomes: [Result<Created, any Error>?] = Array(repeating: nil, count: jobs.count)
@@ -168,22 +160,23 @@ extension ScanService {
             var rowIndex: [UUID: Int] = [:]
             let now = Date()
             for (index, job) in jobs.enumerated() {
-                if let refused = job.scanTypes.first(where: { !enabled.contains($0.rawValue) }) {
+                let project: ProjectResolver.Resolved?
+                if let id = job.request.project.id {
+                    project = byID[id]
+                } else {
+                    project = job.request.project.externalKey.flatMap { byKey[$0] }
+                }
+                guard let project else {
+                    outcomes[index] = .failure(Self.unknownProject)
+                    continue
+                }
+                let (projectID, projectTimeout) = (project.id, project.timeoutSeconds)
+                let scanTypes = job.scanTypes.isEmpty ? project.defaultScanTypes : job.scanTypes
+                if let refused = scanTypes.first(where: { !enabled.contains($0.rawValue) }) {
                     outcomes[index] = .failure(
                         ScanServiceError.invalidArgument(
                             field: "scan_types", "scan type '\(refused.rawValue)' is not enabled for this organization")
                     )
-                    continue
-                }
-                let project: (UUID, Int)?
-                if let id = job.request.project.id {
-                    project = byID[id].map { (id, $0) }
-                } else {
-                    project = job.request.project.externalKey.flatMap { byKey[$0] }
-                }
-                guard let (projectID, projectTimeout) = project else {
-                    outcomes[index] = .failure(
-                        ScanServiceError.invalidArgument(field: "project", "no such project in this organization"))
                     continue
                 }
                 if queued >= cap {
@@ -200,7 +193,7 @@ extension ScanService {
                 let timeout = job.request.timeoutSeconds ?? projectTimeout
                 let message = ScanCreateMessage(
                     scanID: scanID, organizationID: organizationID, project: .init(id: projectID),
-                    scanTypes: job.scanTypes,
+                    scanTypes: scanTypes,
                     artifact: .init(url: job.request.artifactURL, sha256: job.request.artifactSHA256),
                     requestedAt: createdAt, timeoutSeconds: timeout,
                     labels: job.request.labels.isEmpty ? nil : job.request.labels)
@@ -217,7 +210,7 @@ extension ScanService {
                 rows.raw(",\"project_id\":")
                 rows.string(projectID.uuidString.lowercased())
                 rows.raw(",\"scan_types\":")
-                rows.string("{" + job.scanTypes.map(\.rawValue).joined(separator: ",") + "}")
+                rows.string("{" + scanTypes.map(\.rawValue).joined(separator: ",") + "}")
                 rows.raw(",\"artifact_ref\":")
                 rows.string(job.request.artifactURL)
                 if let sha = job.request.artifactSHA256 {

@@ -1,5 +1,6 @@
 import CloudScanCore
 import CloudScanPostgres
+import CloudScanStore
 import Foundation
 import Logging
 
@@ -10,6 +11,9 @@ public struct ScanService: Sendable {
     let client: PostgresClient
     let logger: Logger
     let batcher: CreateBatcher?
+    /// Whether organizations created through the APIs make unknown projects on first use unless
+    /// told otherwise (AUTO_CREATE_PROJECTS_DEFAULT; on in `cloudscan dev`).
+    public var autoCreateProjectsDefault = false
 
     /// A service over a client connected as the services' role. With `groupCreates` (the
     /// default), concurrent creates of one organization without an idempotency key are written in
@@ -59,23 +63,15 @@ public struct ScanService: Sendable {
             // gateway's key, not archived) and the organization's queued scans (a counter kept by triggers).
             let lookup = try await c.query(
                 """
-                SELECT o.disabled_at IS NOT NULL, o.queued_scan_cap, o.enabled_scan_types, p.id, p.timeout_seconds,
+                SELECT o.disabled_at IS NOT NULL, o.queued_scan_cap, o.enabled_scan_types, o.auto_create_projects,
                        (SELECT coalesce(sum(q.queued), 0)::bigint FROM organization_queue_counts q WHERE q.organization_id = o.id)
                 FROM organizations o
-                LEFT JOIN projects p ON p.archived_at IS NULL
-                    AND (p.id = \(request.project.id) OR (\(request.project.id)::uuid IS NULL
-                                                          AND p.external_key = \(request.project.externalKey)))
                 """)
             guard let org = lookup.first else {
                 throw ScanServiceError(code: .permissionDenied, message: "unknown organization")
             }
             if try org.decode(Bool.self, at: 0) {
                 throw ScanServiceError(code: .failedPrecondition, message: "the organization is disabled")
-            }
-            let enabled = Set(try org.decode([String].self, at: 2))
-            if let refused = scanTypes.first(where: { !enabled.contains($0.rawValue) }) {
-                throw ScanServiceError.invalidArgument(
-                    field: "scan_types", "scan type '\(refused.rawValue)' is not enabled for this organization")
             }
 
             if let key = idempotencyKey {
@@ -95,14 +91,24 @@ public struct ScanService: Sendable {
                 }
             }
 
-            guard let projectID = try org.decode(UUID?.self, at: 3) else {
-                throw ScanServiceError.invalidArgument(field: "project", "no such project in this organization")
+            let (byID, byKey) = try await ProjectResolver.resolve(
+                c, organizationID: organizationID, ids: Set([request.project.id].compactMap { $0 }),
+                keys: request.project.id == nil ? Set([request.project.externalKey].compactMap { $0 }) : [],
+                autoCreate: try org.decode(Bool.self, at: 3), actor: "first use of the project key")
+            guard
+                let project = request.project.id.map({ byID[$0] }) ?? request.project.externalKey.flatMap({ byKey[$0] })
+            else { throw Self.unknownProject }
+            let projectID = project.id
+            let scanTypes = scanTypes.isEmpty ? project.defaultScanTypes : scanTypes
+            let enabled = Set(try org.decode([String].self, at: 2))
+            if let refused = scanTypes.first(where: { !enabled.contains($0.rawValue) }) {
+                throw ScanServiceError.invalidArgument(
+                    field: "scan_types", "scan type '\(refused.rawValue)' is not enabled for this organization")
             }
-            let projectTimeout = (try org.decode(Int32.self, at: 4)).asInt
-            let timeout = request.timeoutSeconds ?? projectTimeout
+            let timeout = request.timeoutSeconds ?? project.timeoutSeconds
 
             // Admission: a cap on queued scans per organization.
-            let queued = try org.decode(Int.self, at: 5)
+            let queued = try org.decode(Int.self, at: 4)
             let cap = (try org.decode(Int32.self, at: 1)).asInt
             if queued >= cap {
                 throw ScanServiceError(
@@ -355,6 +361,14 @@ struct ScanCursor {
         let micros = Int64((createdAt.timeIntervalSince1970 * 1_000_000).rounded())
         return Data("\(micros)|\(id.uuidString)".utf8).base64EncodedString()
     }
+}
+
+extension ScanService {
+    /// An unknown (or archived) project, and how to have one.
+    static let unknownProject = ScanServiceError.invalidArgument(
+        field: "project",
+        "no project with this id or external_key in this organization (create it with POST /api/v1/projects, or turn on the organization's auto_create_projects)"
+    )
 }
 
 extension Int32 {

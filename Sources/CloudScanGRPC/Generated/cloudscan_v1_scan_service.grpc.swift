@@ -2401,3 +2401,1923 @@ extension Cloudscan_V1_WebhookService.ClientProtocol {
         )
     }
 }
+
+// MARK: - cloudscan.v1.AdminService
+
+/// Namespace containing generated types for the "cloudscan.v1.AdminService" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Cloudscan_V1_AdminService: Sendable {
+    /// Service descriptor for the "cloudscan.v1.AdminService" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "CreateOrganization" metadata.
+        public enum CreateOrganization: Sendable {
+            /// Request type for "CreateOrganization".
+            public typealias Input = Cloudscan_V1_CreateOrganizationRequest
+            /// Response type for "CreateOrganization".
+            public typealias Output = Cloudscan_V1_Organization
+            /// Descriptor for "CreateOrganization".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService"),
+                method: "CreateOrganization",
+                type: .unary
+            )
+        }
+        /// Namespace for "UpdateOrganization" metadata.
+        public enum UpdateOrganization: Sendable {
+            /// Request type for "UpdateOrganization".
+            public typealias Input = Cloudscan_V1_UpdateOrganizationRequest
+            /// Response type for "UpdateOrganization".
+            public typealias Output = Cloudscan_V1_Organization
+            /// Descriptor for "UpdateOrganization".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService"),
+                method: "UpdateOrganization",
+                type: .unary
+            )
+        }
+        /// Namespace for "GetOrganization" metadata.
+        public enum GetOrganization: Sendable {
+            /// Request type for "GetOrganization".
+            public typealias Input = Cloudscan_V1_GetOrganizationRequest
+            /// Response type for "GetOrganization".
+            public typealias Output = Cloudscan_V1_Organization
+            /// Descriptor for "GetOrganization".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService"),
+                method: "GetOrganization",
+                type: .unary
+            )
+        }
+        /// Namespace for "ListOrganizations" metadata.
+        public enum ListOrganizations: Sendable {
+            /// Request type for "ListOrganizations".
+            public typealias Input = Cloudscan_V1_ListOrganizationsRequest
+            /// Response type for "ListOrganizations".
+            public typealias Output = Cloudscan_V1_ListOrganizationsResponse
+            /// Descriptor for "ListOrganizations".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService"),
+                method: "ListOrganizations",
+                type: .unary
+            )
+        }
+        /// Namespace for "CreateProject" metadata.
+        public enum CreateProject: Sendable {
+            /// Request type for "CreateProject".
+            public typealias Input = Cloudscan_V1_CreateProjectRequest
+            /// Response type for "CreateProject".
+            public typealias Output = Cloudscan_V1_Project
+            /// Descriptor for "CreateProject".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService"),
+                method: "CreateProject",
+                type: .unary
+            )
+        }
+        /// Namespace for "UpdateProject" metadata.
+        public enum UpdateProject: Sendable {
+            /// Request type for "UpdateProject".
+            public typealias Input = Cloudscan_V1_UpdateProjectRequest
+            /// Response type for "UpdateProject".
+            public typealias Output = Cloudscan_V1_Project
+            /// Descriptor for "UpdateProject".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService"),
+                method: "UpdateProject",
+                type: .unary
+            )
+        }
+        /// Namespace for "GetProject" metadata.
+        public enum GetProject: Sendable {
+            /// Request type for "GetProject".
+            public typealias Input = Cloudscan_V1_GetProjectRequest
+            /// Response type for "GetProject".
+            public typealias Output = Cloudscan_V1_Project
+            /// Descriptor for "GetProject".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService"),
+                method: "GetProject",
+                type: .unary
+            )
+        }
+        /// Namespace for "ListProjects" metadata.
+        public enum ListProjects: Sendable {
+            /// Request type for "ListProjects".
+            public typealias Input = Cloudscan_V1_ListProjectsRequest
+            /// Response type for "ListProjects".
+            public typealias Output = Cloudscan_V1_ListProjectsResponse
+            /// Descriptor for "ListProjects".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService"),
+                method: "ListProjects",
+                type: .unary
+            )
+        }
+        /// Namespace for "ArchiveProject" metadata.
+        public enum ArchiveProject: Sendable {
+            /// Request type for "ArchiveProject".
+            public typealias Input = Cloudscan_V1_ArchiveProjectRequest
+            /// Response type for "ArchiveProject".
+            public typealias Output = Cloudscan_V1_Project
+            /// Descriptor for "ArchiveProject".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService"),
+                method: "ArchiveProject",
+                type: .unary
+            )
+        }
+        /// Descriptors for all methods in the "cloudscan.v1.AdminService" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            CreateOrganization.descriptor,
+            UpdateOrganization.descriptor,
+            GetOrganization.descriptor,
+            ListOrganizations.descriptor,
+            CreateProject.descriptor,
+            UpdateProject.descriptor,
+            GetProject.descriptor,
+            ListProjects.descriptor,
+            ArchiveProject.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "cloudscan.v1.AdminService" service.
+    public static let cloudscan_v1_AdminService = GRPCCore.ServiceDescriptor(fullyQualifiedService: "cloudscan.v1.AdminService")
+}
+
+// MARK: cloudscan.v1.AdminService (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_AdminService {
+    /// Streaming variant of the service protocol for the "cloudscan.v1.AdminService" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Administration (what /api/v1/admin/organizations, /api/v1/organization and /api/v1/projects
+    /// > offer). Organizations: callers with the platform admin role (PERMISSION_DENIED otherwise);
+    /// > GetOrganization with an empty id is the caller's own, for any member. Projects: within the
+    /// > caller's organization, read by members, changed by its admins (the org admin role). Every
+    /// > change is audited.
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "CreateOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_CreateOrganizationRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_Organization` messages.
+        func createOrganization(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_CreateOrganizationRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Organization>
+
+        /// Handle the "UpdateOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_UpdateOrganizationRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_Organization` messages.
+        func updateOrganization(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_UpdateOrganizationRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Organization>
+
+        /// Handle the "GetOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_GetOrganizationRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_Organization` messages.
+        func getOrganization(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_GetOrganizationRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Organization>
+
+        /// Handle the "ListOrganizations" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_ListOrganizationsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_ListOrganizationsResponse` messages.
+        func listOrganizations(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_ListOrganizationsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_ListOrganizationsResponse>
+
+        /// Handle the "CreateProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_CreateProjectRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_Project` messages.
+        func createProject(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_CreateProjectRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Project>
+
+        /// Handle the "UpdateProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_UpdateProjectRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_Project` messages.
+        func updateProject(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_UpdateProjectRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Project>
+
+        /// Handle the "GetProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_GetProjectRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_Project` messages.
+        func getProject(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_GetProjectRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Project>
+
+        /// Handle the "ListProjects" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_ListProjectsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_ListProjectsResponse` messages.
+        func listProjects(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_ListProjectsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_ListProjectsResponse>
+
+        /// Handle the "ArchiveProject" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > No new scans name an archived project; its scans and findings stay.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cloudscan_V1_ArchiveProjectRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cloudscan_V1_Project` messages.
+        func archiveProject(
+            request: GRPCCore.StreamingServerRequest<Cloudscan_V1_ArchiveProjectRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Project>
+    }
+
+    /// Service protocol for the "cloudscan.v1.AdminService" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Administration (what /api/v1/admin/organizations, /api/v1/organization and /api/v1/projects
+    /// > offer). Organizations: callers with the platform admin role (PERMISSION_DENIED otherwise);
+    /// > GetOrganization with an empty id is the caller's own, for any member. Projects: within the
+    /// > caller's organization, read by members, changed by its admins (the org admin role). Every
+    /// > change is audited.
+    public protocol ServiceProtocol: Cloudscan_V1_AdminService.StreamingServiceProtocol {
+        /// Handle the "CreateOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_CreateOrganizationRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_Organization` message.
+        func createOrganization(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_CreateOrganizationRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Organization>
+
+        /// Handle the "UpdateOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_UpdateOrganizationRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_Organization` message.
+        func updateOrganization(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_UpdateOrganizationRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Organization>
+
+        /// Handle the "GetOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_GetOrganizationRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_Organization` message.
+        func getOrganization(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_GetOrganizationRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Organization>
+
+        /// Handle the "ListOrganizations" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ListOrganizationsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_ListOrganizationsResponse` message.
+        func listOrganizations(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_ListOrganizationsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_ListOrganizationsResponse>
+
+        /// Handle the "CreateProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_CreateProjectRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_Project` message.
+        func createProject(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_CreateProjectRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Project>
+
+        /// Handle the "UpdateProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_UpdateProjectRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_Project` message.
+        func updateProject(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_UpdateProjectRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Project>
+
+        /// Handle the "GetProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_GetProjectRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_Project` message.
+        func getProject(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_GetProjectRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Project>
+
+        /// Handle the "ListProjects" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ListProjectsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_ListProjectsResponse` message.
+        func listProjects(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_ListProjectsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_ListProjectsResponse>
+
+        /// Handle the "ArchiveProject" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > No new scans name an archived project; its scans and findings stay.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ArchiveProjectRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cloudscan_V1_Project` message.
+        func archiveProject(
+            request: GRPCCore.ServerRequest<Cloudscan_V1_ArchiveProjectRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Project>
+    }
+
+    /// Simple service protocol for the "cloudscan.v1.AdminService" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Administration (what /api/v1/admin/organizations, /api/v1/organization and /api/v1/projects
+    /// > offer). Organizations: callers with the platform admin role (PERMISSION_DENIED otherwise);
+    /// > GetOrganization with an empty id is the caller's own, for any member. Projects: within the
+    /// > caller's organization, read by members, changed by its admins (the org admin role). Every
+    /// > change is audited.
+    public protocol SimpleServiceProtocol: Cloudscan_V1_AdminService.ServiceProtocol {
+        /// Handle the "CreateOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_CreateOrganizationRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_Organization` to respond with.
+        func createOrganization(
+            request: Cloudscan_V1_CreateOrganizationRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_Organization
+
+        /// Handle the "UpdateOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_UpdateOrganizationRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_Organization` to respond with.
+        func updateOrganization(
+            request: Cloudscan_V1_UpdateOrganizationRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_Organization
+
+        /// Handle the "GetOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_GetOrganizationRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_Organization` to respond with.
+        func getOrganization(
+            request: Cloudscan_V1_GetOrganizationRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_Organization
+
+        /// Handle the "ListOrganizations" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_ListOrganizationsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_ListOrganizationsResponse` to respond with.
+        func listOrganizations(
+            request: Cloudscan_V1_ListOrganizationsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_ListOrganizationsResponse
+
+        /// Handle the "CreateProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_CreateProjectRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_Project` to respond with.
+        func createProject(
+            request: Cloudscan_V1_CreateProjectRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_Project
+
+        /// Handle the "UpdateProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_UpdateProjectRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_Project` to respond with.
+        func updateProject(
+            request: Cloudscan_V1_UpdateProjectRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_Project
+
+        /// Handle the "GetProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_GetProjectRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_Project` to respond with.
+        func getProject(
+            request: Cloudscan_V1_GetProjectRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_Project
+
+        /// Handle the "ListProjects" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_ListProjectsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_ListProjectsResponse` to respond with.
+        func listProjects(
+            request: Cloudscan_V1_ListProjectsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_ListProjectsResponse
+
+        /// Handle the "ArchiveProject" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > No new scans name an archived project; its scans and findings stay.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cloudscan_V1_ArchiveProjectRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cloudscan_V1_Project` to respond with.
+        func archiveProject(
+            request: Cloudscan_V1_ArchiveProjectRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cloudscan_V1_Project
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_AdminService.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Cloudscan_V1_AdminService.Method.CreateOrganization.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_CreateOrganizationRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_Organization>(),
+            handler: { request, context in
+                try await self.createOrganization(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cloudscan_V1_AdminService.Method.UpdateOrganization.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_UpdateOrganizationRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_Organization>(),
+            handler: { request, context in
+                try await self.updateOrganization(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cloudscan_V1_AdminService.Method.GetOrganization.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_GetOrganizationRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_Organization>(),
+            handler: { request, context in
+                try await self.getOrganization(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cloudscan_V1_AdminService.Method.ListOrganizations.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_ListOrganizationsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_ListOrganizationsResponse>(),
+            handler: { request, context in
+                try await self.listOrganizations(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cloudscan_V1_AdminService.Method.CreateProject.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_CreateProjectRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_Project>(),
+            handler: { request, context in
+                try await self.createProject(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cloudscan_V1_AdminService.Method.UpdateProject.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_UpdateProjectRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_Project>(),
+            handler: { request, context in
+                try await self.updateProject(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cloudscan_V1_AdminService.Method.GetProject.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_GetProjectRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_Project>(),
+            handler: { request, context in
+                try await self.getProject(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cloudscan_V1_AdminService.Method.ListProjects.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_ListProjectsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_ListProjectsResponse>(),
+            handler: { request, context in
+                try await self.listProjects(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cloudscan_V1_AdminService.Method.ArchiveProject.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_ArchiveProjectRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_Project>(),
+            handler: { request, context in
+                try await self.archiveProject(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_AdminService.ServiceProtocol {
+    public func createOrganization(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_CreateOrganizationRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Organization> {
+        let response = try await self.createOrganization(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func updateOrganization(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_UpdateOrganizationRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Organization> {
+        let response = try await self.updateOrganization(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func getOrganization(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_GetOrganizationRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Organization> {
+        let response = try await self.getOrganization(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func listOrganizations(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_ListOrganizationsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_ListOrganizationsResponse> {
+        let response = try await self.listOrganizations(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func createProject(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_CreateProjectRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Project> {
+        let response = try await self.createProject(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func updateProject(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_UpdateProjectRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Project> {
+        let response = try await self.updateProject(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func getProject(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_GetProjectRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Project> {
+        let response = try await self.getProject(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func listProjects(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_ListProjectsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_ListProjectsResponse> {
+        let response = try await self.listProjects(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func archiveProject(
+        request: GRPCCore.StreamingServerRequest<Cloudscan_V1_ArchiveProjectRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cloudscan_V1_Project> {
+        let response = try await self.archiveProject(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_AdminService.SimpleServiceProtocol {
+    public func createOrganization(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_CreateOrganizationRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Organization> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_Organization>(
+            message: try await self.createOrganization(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func updateOrganization(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_UpdateOrganizationRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Organization> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_Organization>(
+            message: try await self.updateOrganization(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func getOrganization(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_GetOrganizationRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Organization> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_Organization>(
+            message: try await self.getOrganization(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listOrganizations(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_ListOrganizationsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_ListOrganizationsResponse> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_ListOrganizationsResponse>(
+            message: try await self.listOrganizations(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func createProject(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_CreateProjectRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Project> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_Project>(
+            message: try await self.createProject(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func updateProject(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_UpdateProjectRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Project> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_Project>(
+            message: try await self.updateProject(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func getProject(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_GetProjectRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Project> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_Project>(
+            message: try await self.getProject(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listProjects(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_ListProjectsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_ListProjectsResponse> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_ListProjectsResponse>(
+            message: try await self.listProjects(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func archiveProject(
+        request: GRPCCore.ServerRequest<Cloudscan_V1_ArchiveProjectRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cloudscan_V1_Project> {
+        return GRPCCore.ServerResponse<Cloudscan_V1_Project>(
+            message: try await self.archiveProject(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+}
+
+// MARK: cloudscan.v1.AdminService (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_AdminService {
+    /// Generated client protocol for the "cloudscan.v1.AdminService" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Administration (what /api/v1/admin/organizations, /api/v1/organization and /api/v1/projects
+    /// > offer). Organizations: callers with the platform admin role (PERMISSION_DENIED otherwise);
+    /// > GetOrganization with an empty id is the caller's own, for any member. Projects: within the
+    /// > caller's organization, read by members, changed by its admins (the org admin role). Every
+    /// > change is audited.
+    public protocol ClientProtocol: Sendable {
+        /// Call the "CreateOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_CreateOrganizationRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_CreateOrganizationRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Organization` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func createOrganization<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_CreateOrganizationRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_CreateOrganizationRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Organization>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "UpdateOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_UpdateOrganizationRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_UpdateOrganizationRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Organization` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func updateOrganization<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_UpdateOrganizationRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_UpdateOrganizationRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Organization>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_GetOrganizationRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_GetOrganizationRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Organization` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getOrganization<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_GetOrganizationRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_GetOrganizationRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Organization>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListOrganizations" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ListOrganizationsRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_ListOrganizationsRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_ListOrganizationsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listOrganizations<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_ListOrganizationsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_ListOrganizationsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_ListOrganizationsResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListOrganizationsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "CreateProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_CreateProjectRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_CreateProjectRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Project` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func createProject<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_CreateProjectRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_CreateProjectRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Project>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "UpdateProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_UpdateProjectRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_UpdateProjectRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Project` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func updateProject<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_UpdateProjectRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_UpdateProjectRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Project>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_GetProjectRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_GetProjectRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Project` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getProject<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_GetProjectRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_GetProjectRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Project>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListProjects" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ListProjectsRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_ListProjectsRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_ListProjectsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listProjects<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_ListProjectsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_ListProjectsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_ListProjectsResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListProjectsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ArchiveProject" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > No new scans name an archived project; its scans and findings stay.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ArchiveProjectRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_ArchiveProjectRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Project` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func archiveProject<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_ArchiveProjectRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_ArchiveProjectRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Project>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "cloudscan.v1.AdminService" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Administration (what /api/v1/admin/organizations, /api/v1/organization and /api/v1/projects
+    /// > offer). Organizations: callers with the platform admin role (PERMISSION_DENIED otherwise);
+    /// > GetOrganization with an empty id is the caller's own, for any member. Projects: within the
+    /// > caller's organization, read by members, changed by its admins (the org admin role). Every
+    /// > change is audited.
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "CreateOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_CreateOrganizationRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_CreateOrganizationRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Organization` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func createOrganization<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_CreateOrganizationRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_CreateOrganizationRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Organization>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_AdminService.Method.CreateOrganization.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "UpdateOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_UpdateOrganizationRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_UpdateOrganizationRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Organization` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func updateOrganization<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_UpdateOrganizationRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_UpdateOrganizationRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Organization>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_AdminService.Method.UpdateOrganization.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "GetOrganization" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_GetOrganizationRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_GetOrganizationRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Organization` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getOrganization<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_GetOrganizationRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_GetOrganizationRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Organization>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_AdminService.Method.GetOrganization.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ListOrganizations" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ListOrganizationsRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_ListOrganizationsRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_ListOrganizationsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listOrganizations<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_ListOrganizationsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_ListOrganizationsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_ListOrganizationsResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListOrganizationsResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_AdminService.Method.ListOrganizations.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "CreateProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_CreateProjectRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_CreateProjectRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Project` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func createProject<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_CreateProjectRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_CreateProjectRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Project>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_AdminService.Method.CreateProject.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "UpdateProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_UpdateProjectRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_UpdateProjectRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Project` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func updateProject<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_UpdateProjectRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_UpdateProjectRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Project>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_AdminService.Method.UpdateProject.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "GetProject" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_GetProjectRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_GetProjectRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Project` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getProject<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_GetProjectRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_GetProjectRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Project>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_AdminService.Method.GetProject.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ListProjects" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ListProjectsRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_ListProjectsRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_ListProjectsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listProjects<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_ListProjectsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_ListProjectsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_ListProjectsResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListProjectsResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_AdminService.Method.ListProjects.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ArchiveProject" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > No new scans name an archived project; its scans and findings stay.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cloudscan_V1_ArchiveProjectRequest` message.
+        ///   - serializer: A serializer for `Cloudscan_V1_ArchiveProjectRequest` messages.
+        ///   - deserializer: A deserializer for `Cloudscan_V1_Project` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func archiveProject<Result>(
+            request: GRPCCore.ClientRequest<Cloudscan_V1_ArchiveProjectRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cloudscan_V1_ArchiveProjectRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cloudscan_V1_Project>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cloudscan_V1_AdminService.Method.ArchiveProject.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_AdminService.ClientProtocol {
+    /// Call the "CreateOrganization" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_CreateOrganizationRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createOrganization<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_CreateOrganizationRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.createOrganization(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_CreateOrganizationRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_Organization>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "UpdateOrganization" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_UpdateOrganizationRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func updateOrganization<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_UpdateOrganizationRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.updateOrganization(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_UpdateOrganizationRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_Organization>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetOrganization" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_GetOrganizationRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getOrganization<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_GetOrganizationRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getOrganization(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_GetOrganizationRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_Organization>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListOrganizations" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_ListOrganizationsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listOrganizations<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_ListOrganizationsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListOrganizationsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listOrganizations(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_ListOrganizationsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_ListOrganizationsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CreateProject" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_CreateProjectRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createProject<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_CreateProjectRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.createProject(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_CreateProjectRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_Project>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "UpdateProject" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_UpdateProjectRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func updateProject<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_UpdateProjectRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.updateProject(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_UpdateProjectRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_Project>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetProject" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_GetProjectRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getProject<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_GetProjectRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getProject(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_GetProjectRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_Project>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListProjects" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_ListProjectsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listProjects<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_ListProjectsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListProjectsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listProjects(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_ListProjectsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_ListProjectsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ArchiveProject" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > No new scans name an archived project; its scans and findings stay.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cloudscan_V1_ArchiveProjectRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func archiveProject<Result>(
+        request: GRPCCore.ClientRequest<Cloudscan_V1_ArchiveProjectRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.archiveProject(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cloudscan_V1_ArchiveProjectRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cloudscan_V1_Project>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cloudscan_V1_AdminService.ClientProtocol {
+    /// Call the "CreateOrganization" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createOrganization<Result>(
+        _ message: Cloudscan_V1_CreateOrganizationRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_CreateOrganizationRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.createOrganization(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "UpdateOrganization" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func updateOrganization<Result>(
+        _ message: Cloudscan_V1_UpdateOrganizationRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_UpdateOrganizationRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.updateOrganization(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetOrganization" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getOrganization<Result>(
+        _ message: Cloudscan_V1_GetOrganizationRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Organization>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_GetOrganizationRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getOrganization(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListOrganizations" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listOrganizations<Result>(
+        _ message: Cloudscan_V1_ListOrganizationsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListOrganizationsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_ListOrganizationsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listOrganizations(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CreateProject" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createProject<Result>(
+        _ message: Cloudscan_V1_CreateProjectRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_CreateProjectRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.createProject(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "UpdateProject" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func updateProject<Result>(
+        _ message: Cloudscan_V1_UpdateProjectRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_UpdateProjectRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.updateProject(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetProject" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getProject<Result>(
+        _ message: Cloudscan_V1_GetProjectRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_GetProjectRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getProject(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListProjects" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listProjects<Result>(
+        _ message: Cloudscan_V1_ListProjectsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_ListProjectsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_ListProjectsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listProjects(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ArchiveProject" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > No new scans name an archived project; its scans and findings stay.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func archiveProject<Result>(
+        _ message: Cloudscan_V1_ArchiveProjectRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cloudscan_V1_Project>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cloudscan_V1_ArchiveProjectRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.archiveProject(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}

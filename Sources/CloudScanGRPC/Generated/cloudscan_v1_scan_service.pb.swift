@@ -705,6 +705,430 @@ public nonisolated struct Cloudscan_V1_DeleteWebhookResponse: Sendable {
   public init() {}
 }
 
+public nonisolated struct Cloudscan_V1_Organization: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var slug: String = String()
+
+  public var name: String = String()
+
+  public var retentionDays: Int32 = 0
+
+  /// scans running at once
+  public var concurrencyQuota: Int32 = 0
+
+  /// scans waiting at once
+  public var queuedScanCap: Int32 = 0
+
+  public var enabledScanTypes: [String] = []
+
+  /// an unknown project key makes a project on first use
+  public var autoCreateProjects: Bool = false
+
+  /// new scans refused; data untouched
+  public var disabled: Bool = false
+
+  public var createdAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_createdAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_createdAt = newValue}
+  }
+  /// Returns true if `createdAt` has been explicitly set.
+  public var hasCreatedAt: Bool {self._createdAt != nil}
+  /// Clears the value of `createdAt`. Subsequent reads from it will return its default value.
+  public mutating func clearCreatedAt() {self._createdAt = nil}
+
+  public var updatedAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_updatedAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_updatedAt = newValue}
+  }
+  /// Returns true if `updatedAt` has been explicitly set.
+  public var hasUpdatedAt: Bool {self._updatedAt != nil}
+  /// Clears the value of `updatedAt`. Subsequent reads from it will return its default value.
+  public mutating func clearUpdatedAt() {self._updatedAt = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _createdAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _updatedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Cloudscan_V1_CreateOrganizationRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// lowercase letters, digits, '-'; unique
+  public var slug: String = String()
+
+  /// default 90
+  public var retentionDays: Int32 {
+    get {_retentionDays ?? 0}
+    set {_retentionDays = newValue}
+  }
+  /// Returns true if `retentionDays` has been explicitly set.
+  public var hasRetentionDays: Bool {self._retentionDays != nil}
+  /// Clears the value of `retentionDays`. Subsequent reads from it will return its default value.
+  public mutating func clearRetentionDays() {self._retentionDays = nil}
+
+  /// default 10
+  public var concurrencyQuota: Int32 {
+    get {_concurrencyQuota ?? 0}
+    set {_concurrencyQuota = newValue}
+  }
+  /// Returns true if `concurrencyQuota` has been explicitly set.
+  public var hasConcurrencyQuota: Bool {self._concurrencyQuota != nil}
+  /// Clears the value of `concurrencyQuota`. Subsequent reads from it will return its default value.
+  public mutating func clearConcurrencyQuota() {self._concurrencyQuota = nil}
+
+  /// default 1000
+  public var queuedScanCap: Int32 {
+    get {_queuedScanCap ?? 0}
+    set {_queuedScanCap = newValue}
+  }
+  /// Returns true if `queuedScanCap` has been explicitly set.
+  public var hasQueuedScanCap: Bool {self._queuedScanCap != nil}
+  /// Clears the value of `queuedScanCap`. Subsequent reads from it will return its default value.
+  public mutating func clearQueuedScanCap() {self._queuedScanCap = nil}
+
+  /// default all
+  public var enabledScanTypes: [String] = []
+
+  public var autoCreateProjects: Bool {
+    get {_autoCreateProjects ?? false}
+    set {_autoCreateProjects = newValue}
+  }
+  /// Returns true if `autoCreateProjects` has been explicitly set.
+  public var hasAutoCreateProjects: Bool {self._autoCreateProjects != nil}
+  /// Clears the value of `autoCreateProjects`. Subsequent reads from it will return its default value.
+  public mutating func clearAutoCreateProjects() {self._autoCreateProjects = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _retentionDays: Int32? = nil
+  fileprivate var _concurrencyQuota: Int32? = nil
+  fileprivate var _queuedScanCap: Int32? = nil
+  fileprivate var _autoCreateProjects: Bool? = nil
+}
+
+public nonisolated struct Cloudscan_V1_UpdateOrganizationRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var name: String {
+    get {_name ?? String()}
+    set {_name = newValue}
+  }
+  /// Returns true if `name` has been explicitly set.
+  public var hasName: Bool {self._name != nil}
+  /// Clears the value of `name`. Subsequent reads from it will return its default value.
+  public mutating func clearName() {self._name = nil}
+
+  public var retentionDays: Int32 {
+    get {_retentionDays ?? 0}
+    set {_retentionDays = newValue}
+  }
+  /// Returns true if `retentionDays` has been explicitly set.
+  public var hasRetentionDays: Bool {self._retentionDays != nil}
+  /// Clears the value of `retentionDays`. Subsequent reads from it will return its default value.
+  public mutating func clearRetentionDays() {self._retentionDays = nil}
+
+  public var concurrencyQuota: Int32 {
+    get {_concurrencyQuota ?? 0}
+    set {_concurrencyQuota = newValue}
+  }
+  /// Returns true if `concurrencyQuota` has been explicitly set.
+  public var hasConcurrencyQuota: Bool {self._concurrencyQuota != nil}
+  /// Clears the value of `concurrencyQuota`. Subsequent reads from it will return its default value.
+  public mutating func clearConcurrencyQuota() {self._concurrencyQuota = nil}
+
+  public var queuedScanCap: Int32 {
+    get {_queuedScanCap ?? 0}
+    set {_queuedScanCap = newValue}
+  }
+  /// Returns true if `queuedScanCap` has been explicitly set.
+  public var hasQueuedScanCap: Bool {self._queuedScanCap != nil}
+  /// Clears the value of `queuedScanCap`. Subsequent reads from it will return its default value.
+  public mutating func clearQueuedScanCap() {self._queuedScanCap = nil}
+
+  /// empty: unchanged
+  public var enabledScanTypes: [String] = []
+
+  public var autoCreateProjects: Bool {
+    get {_autoCreateProjects ?? false}
+    set {_autoCreateProjects = newValue}
+  }
+  /// Returns true if `autoCreateProjects` has been explicitly set.
+  public var hasAutoCreateProjects: Bool {self._autoCreateProjects != nil}
+  /// Clears the value of `autoCreateProjects`. Subsequent reads from it will return its default value.
+  public mutating func clearAutoCreateProjects() {self._autoCreateProjects = nil}
+
+  public var disabled: Bool {
+    get {_disabled ?? false}
+    set {_disabled = newValue}
+  }
+  /// Returns true if `disabled` has been explicitly set.
+  public var hasDisabled: Bool {self._disabled != nil}
+  /// Clears the value of `disabled`. Subsequent reads from it will return its default value.
+  public mutating func clearDisabled() {self._disabled = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _name: String? = nil
+  fileprivate var _retentionDays: Int32? = nil
+  fileprivate var _concurrencyQuota: Int32? = nil
+  fileprivate var _queuedScanCap: Int32? = nil
+  fileprivate var _autoCreateProjects: Bool? = nil
+  fileprivate var _disabled: Bool? = nil
+}
+
+public nonisolated struct Cloudscan_V1_GetOrganizationRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// empty: the caller's own organization
+  public var id: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cloudscan_V1_ListOrganizationsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 1 to 500; 0 means 100
+  public var pageSize: Int32 = 0
+
+  public var cursor: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cloudscan_V1_ListOrganizationsResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var organizations: [Cloudscan_V1_Organization] = []
+
+  public var nextCursor: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cloudscan_V1_Project: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var organizationID: String = String()
+
+  public var name: String = String()
+
+  public var externalKey: String = String()
+
+  public var defaultScanTypes: [String] = []
+
+  /// a JSON object: scanner name -> options
+  public var scannerOptionsJson: String = String()
+
+  public var timeoutSeconds: Int32 = 0
+
+  public var archived: Bool = false
+
+  public var createdAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_createdAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_createdAt = newValue}
+  }
+  /// Returns true if `createdAt` has been explicitly set.
+  public var hasCreatedAt: Bool {self._createdAt != nil}
+  /// Clears the value of `createdAt`. Subsequent reads from it will return its default value.
+  public mutating func clearCreatedAt() {self._createdAt = nil}
+
+  public var updatedAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_updatedAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_updatedAt = newValue}
+  }
+  /// Returns true if `updatedAt` has been explicitly set.
+  public var hasUpdatedAt: Bool {self._updatedAt != nil}
+  /// Clears the value of `updatedAt`. Subsequent reads from it will return its default value.
+  public mutating func clearUpdatedAt() {self._updatedAt = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _createdAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _updatedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Cloudscan_V1_CreateProjectRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// the gateway's key; unique in the organization
+  public var externalKey: String = String()
+
+  /// default sast, secrets
+  public var defaultScanTypes: [String] = []
+
+  /// empty: {}
+  public var scannerOptionsJson: String = String()
+
+  /// default 1800
+  public var timeoutSeconds: Int32 {
+    get {_timeoutSeconds ?? 0}
+    set {_timeoutSeconds = newValue}
+  }
+  /// Returns true if `timeoutSeconds` has been explicitly set.
+  public var hasTimeoutSeconds: Bool {self._timeoutSeconds != nil}
+  /// Clears the value of `timeoutSeconds`. Subsequent reads from it will return its default value.
+  public mutating func clearTimeoutSeconds() {self._timeoutSeconds = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _timeoutSeconds: Int32? = nil
+}
+
+public nonisolated struct Cloudscan_V1_UpdateProjectRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var name: String {
+    get {_name ?? String()}
+    set {_name = newValue}
+  }
+  /// Returns true if `name` has been explicitly set.
+  public var hasName: Bool {self._name != nil}
+  /// Clears the value of `name`. Subsequent reads from it will return its default value.
+  public mutating func clearName() {self._name = nil}
+
+  public var externalKey: String {
+    get {_externalKey ?? String()}
+    set {_externalKey = newValue}
+  }
+  /// Returns true if `externalKey` has been explicitly set.
+  public var hasExternalKey: Bool {self._externalKey != nil}
+  /// Clears the value of `externalKey`. Subsequent reads from it will return its default value.
+  public mutating func clearExternalKey() {self._externalKey = nil}
+
+  /// empty: unchanged
+  public var defaultScanTypes: [String] = []
+
+  public var scannerOptionsJson: String {
+    get {_scannerOptionsJson ?? String()}
+    set {_scannerOptionsJson = newValue}
+  }
+  /// Returns true if `scannerOptionsJson` has been explicitly set.
+  public var hasScannerOptionsJson: Bool {self._scannerOptionsJson != nil}
+  /// Clears the value of `scannerOptionsJson`. Subsequent reads from it will return its default value.
+  public mutating func clearScannerOptionsJson() {self._scannerOptionsJson = nil}
+
+  public var timeoutSeconds: Int32 {
+    get {_timeoutSeconds ?? 0}
+    set {_timeoutSeconds = newValue}
+  }
+  /// Returns true if `timeoutSeconds` has been explicitly set.
+  public var hasTimeoutSeconds: Bool {self._timeoutSeconds != nil}
+  /// Clears the value of `timeoutSeconds`. Subsequent reads from it will return its default value.
+  public mutating func clearTimeoutSeconds() {self._timeoutSeconds = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _name: String? = nil
+  fileprivate var _externalKey: String? = nil
+  fileprivate var _scannerOptionsJson: String? = nil
+  fileprivate var _timeoutSeconds: Int32? = nil
+}
+
+public nonisolated struct Cloudscan_V1_GetProjectRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cloudscan_V1_ListProjectsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var includeArchived: Bool = false
+
+  public var pageSize: Int32 = 0
+
+  public var cursor: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cloudscan_V1_ListProjectsResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var projects: [Cloudscan_V1_Project] = []
+
+  public var nextCursor: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cloudscan_V1_ArchiveProjectRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "cloudscan.v1"
@@ -1773,6 +2197,650 @@ nonisolated extension Cloudscan_V1_DeleteWebhookResponse: SwiftProtobuf.Message,
   }
 
   public static func ==(lhs: Cloudscan_V1_DeleteWebhookResponse, rhs: Cloudscan_V1_DeleteWebhookResponse) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_Organization: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Organization"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}slug\0\u{1}name\0\u{3}retention_days\0\u{3}concurrency_quota\0\u{3}queued_scan_cap\0\u{3}enabled_scan_types\0\u{3}auto_create_projects\0\u{1}disabled\0\u{3}created_at\0\u{3}updated_at\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.slug) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self.retentionDays) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self.concurrencyQuota) }()
+      case 6: try { try decoder.decodeSingularInt32Field(value: &self.queuedScanCap) }()
+      case 7: try { try decoder.decodeRepeatedStringField(value: &self.enabledScanTypes) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.autoCreateProjects) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.disabled) }()
+      case 10: try { try decoder.decodeSingularMessageField(value: &self._createdAt) }()
+      case 11: try { try decoder.decodeSingularMessageField(value: &self._updatedAt) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    if !self.slug.isEmpty {
+      try visitor.visitSingularStringField(value: self.slug, fieldNumber: 2)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 3)
+    }
+    if self.retentionDays != 0 {
+      try visitor.visitSingularInt32Field(value: self.retentionDays, fieldNumber: 4)
+    }
+    if self.concurrencyQuota != 0 {
+      try visitor.visitSingularInt32Field(value: self.concurrencyQuota, fieldNumber: 5)
+    }
+    if self.queuedScanCap != 0 {
+      try visitor.visitSingularInt32Field(value: self.queuedScanCap, fieldNumber: 6)
+    }
+    if !self.enabledScanTypes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.enabledScanTypes, fieldNumber: 7)
+    }
+    if self.autoCreateProjects != false {
+      try visitor.visitSingularBoolField(value: self.autoCreateProjects, fieldNumber: 8)
+    }
+    if self.disabled != false {
+      try visitor.visitSingularBoolField(value: self.disabled, fieldNumber: 9)
+    }
+    try { if let v = self._createdAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    } }()
+    try { if let v = self._updatedAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_Organization, rhs: Cloudscan_V1_Organization) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.slug != rhs.slug {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.retentionDays != rhs.retentionDays {return false}
+    if lhs.concurrencyQuota != rhs.concurrencyQuota {return false}
+    if lhs.queuedScanCap != rhs.queuedScanCap {return false}
+    if lhs.enabledScanTypes != rhs.enabledScanTypes {return false}
+    if lhs.autoCreateProjects != rhs.autoCreateProjects {return false}
+    if lhs.disabled != rhs.disabled {return false}
+    if lhs._createdAt != rhs._createdAt {return false}
+    if lhs._updatedAt != rhs._updatedAt {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_CreateOrganizationRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CreateOrganizationRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}slug\0\u{3}retention_days\0\u{3}concurrency_quota\0\u{3}queued_scan_cap\0\u{3}enabled_scan_types\0\u{3}auto_create_projects\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.slug) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self._retentionDays) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self._concurrencyQuota) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self._queuedScanCap) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.enabledScanTypes) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self._autoCreateProjects) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.slug.isEmpty {
+      try visitor.visitSingularStringField(value: self.slug, fieldNumber: 2)
+    }
+    try { if let v = self._retentionDays {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 3)
+    } }()
+    try { if let v = self._concurrencyQuota {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 4)
+    } }()
+    try { if let v = self._queuedScanCap {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 5)
+    } }()
+    if !self.enabledScanTypes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.enabledScanTypes, fieldNumber: 6)
+    }
+    try { if let v = self._autoCreateProjects {
+      try visitor.visitSingularBoolField(value: v, fieldNumber: 7)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_CreateOrganizationRequest, rhs: Cloudscan_V1_CreateOrganizationRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.slug != rhs.slug {return false}
+    if lhs._retentionDays != rhs._retentionDays {return false}
+    if lhs._concurrencyQuota != rhs._concurrencyQuota {return false}
+    if lhs._queuedScanCap != rhs._queuedScanCap {return false}
+    if lhs.enabledScanTypes != rhs.enabledScanTypes {return false}
+    if lhs._autoCreateProjects != rhs._autoCreateProjects {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_UpdateOrganizationRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UpdateOrganizationRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{3}retention_days\0\u{3}concurrency_quota\0\u{3}queued_scan_cap\0\u{3}enabled_scan_types\0\u{3}auto_create_projects\0\u{1}disabled\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self._name) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self._retentionDays) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self._concurrencyQuota) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self._queuedScanCap) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.enabledScanTypes) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self._autoCreateProjects) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self._disabled) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    try { if let v = self._name {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._retentionDays {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 3)
+    } }()
+    try { if let v = self._concurrencyQuota {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 4)
+    } }()
+    try { if let v = self._queuedScanCap {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 5)
+    } }()
+    if !self.enabledScanTypes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.enabledScanTypes, fieldNumber: 6)
+    }
+    try { if let v = self._autoCreateProjects {
+      try visitor.visitSingularBoolField(value: v, fieldNumber: 7)
+    } }()
+    try { if let v = self._disabled {
+      try visitor.visitSingularBoolField(value: v, fieldNumber: 8)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_UpdateOrganizationRequest, rhs: Cloudscan_V1_UpdateOrganizationRequest) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs._name != rhs._name {return false}
+    if lhs._retentionDays != rhs._retentionDays {return false}
+    if lhs._concurrencyQuota != rhs._concurrencyQuota {return false}
+    if lhs._queuedScanCap != rhs._queuedScanCap {return false}
+    if lhs.enabledScanTypes != rhs.enabledScanTypes {return false}
+    if lhs._autoCreateProjects != rhs._autoCreateProjects {return false}
+    if lhs._disabled != rhs._disabled {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_GetOrganizationRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetOrganizationRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_GetOrganizationRequest, rhs: Cloudscan_V1_GetOrganizationRequest) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_ListOrganizationsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListOrganizationsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}page_size\0\u{1}cursor\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt32Field(value: &self.pageSize) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.cursor) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.pageSize != 0 {
+      try visitor.visitSingularInt32Field(value: self.pageSize, fieldNumber: 1)
+    }
+    if !self.cursor.isEmpty {
+      try visitor.visitSingularStringField(value: self.cursor, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_ListOrganizationsRequest, rhs: Cloudscan_V1_ListOrganizationsRequest) -> Bool {
+    if lhs.pageSize != rhs.pageSize {return false}
+    if lhs.cursor != rhs.cursor {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_ListOrganizationsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListOrganizationsResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}organizations\0\u{3}next_cursor\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.organizations) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.nextCursor) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.organizations.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.organizations, fieldNumber: 1)
+    }
+    if !self.nextCursor.isEmpty {
+      try visitor.visitSingularStringField(value: self.nextCursor, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_ListOrganizationsResponse, rhs: Cloudscan_V1_ListOrganizationsResponse) -> Bool {
+    if lhs.organizations != rhs.organizations {return false}
+    if lhs.nextCursor != rhs.nextCursor {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_Project: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Project"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}organization_id\0\u{1}name\0\u{3}external_key\0\u{3}default_scan_types\0\u{3}scanner_options_json\0\u{3}timeout_seconds\0\u{1}archived\0\u{3}created_at\0\u{3}updated_at\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.organizationID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.externalKey) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.defaultScanTypes) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.scannerOptionsJson) }()
+      case 7: try { try decoder.decodeSingularInt32Field(value: &self.timeoutSeconds) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.archived) }()
+      case 9: try { try decoder.decodeSingularMessageField(value: &self._createdAt) }()
+      case 10: try { try decoder.decodeSingularMessageField(value: &self._updatedAt) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    if !self.organizationID.isEmpty {
+      try visitor.visitSingularStringField(value: self.organizationID, fieldNumber: 2)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 3)
+    }
+    if !self.externalKey.isEmpty {
+      try visitor.visitSingularStringField(value: self.externalKey, fieldNumber: 4)
+    }
+    if !self.defaultScanTypes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.defaultScanTypes, fieldNumber: 5)
+    }
+    if !self.scannerOptionsJson.isEmpty {
+      try visitor.visitSingularStringField(value: self.scannerOptionsJson, fieldNumber: 6)
+    }
+    if self.timeoutSeconds != 0 {
+      try visitor.visitSingularInt32Field(value: self.timeoutSeconds, fieldNumber: 7)
+    }
+    if self.archived != false {
+      try visitor.visitSingularBoolField(value: self.archived, fieldNumber: 8)
+    }
+    try { if let v = self._createdAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    } }()
+    try { if let v = self._updatedAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_Project, rhs: Cloudscan_V1_Project) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.organizationID != rhs.organizationID {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.externalKey != rhs.externalKey {return false}
+    if lhs.defaultScanTypes != rhs.defaultScanTypes {return false}
+    if lhs.scannerOptionsJson != rhs.scannerOptionsJson {return false}
+    if lhs.timeoutSeconds != rhs.timeoutSeconds {return false}
+    if lhs.archived != rhs.archived {return false}
+    if lhs._createdAt != rhs._createdAt {return false}
+    if lhs._updatedAt != rhs._updatedAt {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_CreateProjectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CreateProjectRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}external_key\0\u{3}default_scan_types\0\u{3}scanner_options_json\0\u{3}timeout_seconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.externalKey) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.defaultScanTypes) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.scannerOptionsJson) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self._timeoutSeconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.externalKey.isEmpty {
+      try visitor.visitSingularStringField(value: self.externalKey, fieldNumber: 2)
+    }
+    if !self.defaultScanTypes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.defaultScanTypes, fieldNumber: 3)
+    }
+    if !self.scannerOptionsJson.isEmpty {
+      try visitor.visitSingularStringField(value: self.scannerOptionsJson, fieldNumber: 4)
+    }
+    try { if let v = self._timeoutSeconds {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 5)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_CreateProjectRequest, rhs: Cloudscan_V1_CreateProjectRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.externalKey != rhs.externalKey {return false}
+    if lhs.defaultScanTypes != rhs.defaultScanTypes {return false}
+    if lhs.scannerOptionsJson != rhs.scannerOptionsJson {return false}
+    if lhs._timeoutSeconds != rhs._timeoutSeconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_UpdateProjectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UpdateProjectRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{3}external_key\0\u{3}default_scan_types\0\u{3}scanner_options_json\0\u{3}timeout_seconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self._name) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self._externalKey) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.defaultScanTypes) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self._scannerOptionsJson) }()
+      case 6: try { try decoder.decodeSingularInt32Field(value: &self._timeoutSeconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    try { if let v = self._name {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._externalKey {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 3)
+    } }()
+    if !self.defaultScanTypes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.defaultScanTypes, fieldNumber: 4)
+    }
+    try { if let v = self._scannerOptionsJson {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 5)
+    } }()
+    try { if let v = self._timeoutSeconds {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 6)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_UpdateProjectRequest, rhs: Cloudscan_V1_UpdateProjectRequest) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs._name != rhs._name {return false}
+    if lhs._externalKey != rhs._externalKey {return false}
+    if lhs.defaultScanTypes != rhs.defaultScanTypes {return false}
+    if lhs._scannerOptionsJson != rhs._scannerOptionsJson {return false}
+    if lhs._timeoutSeconds != rhs._timeoutSeconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_GetProjectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetProjectRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_GetProjectRequest, rhs: Cloudscan_V1_GetProjectRequest) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_ListProjectsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListProjectsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}include_archived\0\u{3}page_size\0\u{1}cursor\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.includeArchived) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.pageSize) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.cursor) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.includeArchived != false {
+      try visitor.visitSingularBoolField(value: self.includeArchived, fieldNumber: 1)
+    }
+    if self.pageSize != 0 {
+      try visitor.visitSingularInt32Field(value: self.pageSize, fieldNumber: 2)
+    }
+    if !self.cursor.isEmpty {
+      try visitor.visitSingularStringField(value: self.cursor, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_ListProjectsRequest, rhs: Cloudscan_V1_ListProjectsRequest) -> Bool {
+    if lhs.includeArchived != rhs.includeArchived {return false}
+    if lhs.pageSize != rhs.pageSize {return false}
+    if lhs.cursor != rhs.cursor {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_ListProjectsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListProjectsResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}projects\0\u{3}next_cursor\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.projects) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.nextCursor) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.projects.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.projects, fieldNumber: 1)
+    }
+    if !self.nextCursor.isEmpty {
+      try visitor.visitSingularStringField(value: self.nextCursor, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_ListProjectsResponse, rhs: Cloudscan_V1_ListProjectsResponse) -> Bool {
+    if lhs.projects != rhs.projects {return false}
+    if lhs.nextCursor != rhs.nextCursor {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cloudscan_V1_ArchiveProjectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ArchiveProjectRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cloudscan_V1_ArchiveProjectRequest, rhs: Cloudscan_V1_ArchiveProjectRequest) -> Bool {
+    if lhs.id != rhs.id {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
