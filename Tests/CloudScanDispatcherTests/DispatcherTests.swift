@@ -2,6 +2,7 @@ import CloudScanAMQP
 import CloudScanCore
 import CloudScanKubernetes
 import CloudScanPostgres
+import CloudScanService
 import CloudScanTestSupport
 import Foundation
 import KubernetesStandIn
@@ -110,6 +111,30 @@ struct DispatcherTests {
             #expect(reasons["bad-org"]?.contains("x-organization-id") == true, "\(reasons)")
             #expect(reasons["bad-json"]?.contains("not JSON") == true, "\(reasons)")
             #expect(await h.jobNames().count == 1, "only the good scan got a Job")
+        }
+    }
+
+    @Test("a quota changed through the administration service takes effect: at 0 scans wait, raised to 2 two start")
+    func quotaChangedByAdmin() async throws {
+        try await DispatcherHarness.run(quota: 0) { h in
+            var scans: [UUID] = []
+            for _ in 0..<3 { scans.append(try await h.createScan().id) }
+            func dispatchedCount() async throws -> Int {
+                try await h.app.withTransaction(organizationID: h.organization) { c in
+                    try await c.query("SELECT count(*) FROM scans WHERE status = 'dispatched'").single().decode(
+                        Int.self, at: 0)
+                }
+            }
+            try await Task.sleep(for: .seconds(2))  // a delay round or two: nothing starts at quota 0
+            #expect(try await dispatchedCount() == 0)
+            let admin = AdminService(client: h.app, logger: TestDatabase.logger("admin"))
+            let changed = try await admin.updateOrganization(
+                id: h.organization, UpdateOrganizationRequest(concurrencyQuota: 2),
+                actor: AdminActor(subject: "test", via: "cli"))
+            #expect(changed.concurrencyQuota == 2)
+            try await h.eventually("two dispatched once the quota is 2") { try await dispatchedCount() == 2 }
+            try await Task.sleep(for: .seconds(2))
+            #expect(try await dispatchedCount() == 2, "and no more")
         }
     }
 

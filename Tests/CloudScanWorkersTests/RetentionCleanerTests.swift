@@ -1,5 +1,6 @@
 import CloudScanCore
 import CloudScanPostgres
+import CloudScanService
 import CloudScanTestSupport
 import CloudScanWorkers
 import Foundation
@@ -70,6 +71,29 @@ struct RetentionCleanerTests {
     static func exists(_ app: PostgresClient, _ org: UUID, _ scan: UUID) async throws -> Bool {
         try await app.withTransaction(organizationID: org) { c in
             try await c.query("SELECT 1 FROM scans WHERE id = \(scan)").first != nil
+        }
+    }
+
+    @Test("a retention changed through the administration service takes effect at the cleaner's next run")
+    func retentionChangedByAdmin() async throws {
+        try await TestDatabase.withSchema("retadm", migrated: true) { db in
+            try await TestDatabase.withClient(db.appConfiguration(maximumConnections: 4)) { app in
+                let (org, _) = try await TestDatabase.seedOrganization(app)
+                let twenty = try await Self.scan(app, org, "twenty", daysAgo: 20, findings: 2)
+                let five = try await Self.scan(app, org, "five", daysAgo: 5, findings: 1)
+                let cleaner = RetentionCleaner(
+                    client: app, deleteArtifact: { _, _ in true }, logger: TestDatabase.logger("cleaner"))
+                let first = try await cleaner.run()
+                #expect(first.deleted[org] == nil, "90 days: nothing expired")
+                let admin = AdminService(client: app, logger: TestDatabase.logger("admin"))
+                let changed = try await admin.updateOrganization(
+                    id: org, UpdateOrganizationRequest(retentionDays: 10), actor: AdminActor(subject: "t", via: "cli"))
+                #expect(changed.retentionDays == 10)
+                let second = try await cleaner.run()
+                #expect(second.deleted[org].map { [$0.scans, $0.findings] } == [1, 2], "\(second.lines)")
+                #expect(try await Self.exists(app, org, twenty) == false)
+                #expect(try await Self.exists(app, org, five))
+            }
         }
     }
 
