@@ -1,6 +1,7 @@
 """Scans the bundled sample repository through a running `cloudscan dev` (scripts/run): one scan
 created over HTTP, one over gRPC; follows both with gRPC WatchScan, printing each state change as it
-happens; then prints the findings by scanner and severity (read over HTTP).
+happens; then prints the findings by scanner and severity (read over HTTP for the one, with gRPC
+GetFindings for the other).
 
     sample_scan.py --org ORG --artifact file:///tmp/cloudscan-sample.tgz [--http URL] [--grpc HOST:PORT]
 """
@@ -48,6 +49,7 @@ def main():
     channel = grpc.insecure_channel(args.grpc)
     stub = pb_grpc.ScanServiceStub(channel)
     status_name = {v.number: v.name.replace("SCAN_STATUS_", "").lower() for v in pb.ScanStatus.DESCRIPTOR.values}
+    severity_name = {v.number: v.name.replace("SEVERITY_", "").lower() for v in pb.Severity.DESCRIPTOR.values}
 
     # Each create starts a W3C trace of its own; the scan's logs, messages, runner and webhook carry it.
     traces = [os.urandom(16).hex() for _ in range(2)]
@@ -99,12 +101,19 @@ def main():
     ok = True
     for label, scan_id in (("http", over_http["id"]), ("grpc", over_grpc.id)):
         scan = http("GET", f"{args.http}/api/v1/scans/{scan_id}", args.org)
+        # Each scan's findings through the API it was created with: HTTP pages, or gRPC GetFindings.
         findings, cursor = [], None
         while True:
-            page = http("GET", f"{args.http}/api/v1/scans/{scan_id}/findings?page_size=1000"
-                        + (f"&cursor={cursor}" if cursor else ""), args.org)
-            findings += page["items"]
-            cursor = page.get("next_cursor")
+            if label == "http":
+                page = http("GET", f"{args.http}/api/v1/scans/{scan_id}/findings?page_size=1000"
+                            + (f"&cursor={cursor}" if cursor else ""), args.org)
+                findings += page["items"]
+                cursor = page.get("next_cursor")
+            else:
+                answer = stub.GetFindings(pb.GetFindingsRequest(scan_id=scan_id, page_size=1000,
+                                                                page_token=cursor or ""), metadata=metadata)
+                findings += [{"scanner": f.scanner, "severity": severity_name[f.severity]} for f in answer.findings]
+                cursor = answer.next_page_token
             if not cursor:
                 break
         table = {}

@@ -80,3 +80,42 @@ struct JWTAuthenticationTests {
         }
     }
 }
+
+@Suite("platform admin identities")
+struct PlatformAdminIdentityTests {
+    @Test("an mTLS URI listed as a platform admin gets the role and no organization; others keep the SPIFFE rule")
+    func certificates() async throws {
+        let authenticator = ClientCertificateAuthenticator(
+            trustDomain: "cloudscan", platformAdminIdentities: ["spiffe://cloudscan/platform/admin"])
+        let admin = try await authenticator.authenticate(
+            Credentials(
+                clientCertificate: ClientCertificate(commonName: "ops", uris: ["spiffe://cloudscan/platform/admin"])))
+        #expect(admin.organizationID == Caller.noOrganization && AdminPolicy().isPlatformAdmin(admin))
+        #expect(AdminPolicy().isOrganizationAdmin(admin) == false)
+        let org = UUID()
+        let service = try await authenticator.authenticate(
+            Credentials(
+                clientCertificate: ClientCertificate(
+                    commonName: "gw", uris: ["spiffe://cloudscan/org/\(org.uuidString.lowercased())/svc/gateway"])))
+        #expect(service.organizationID == org && AdminPolicy().isPlatformAdmin(service) == false)
+        await #expect(throws: AuthenticationError.self) {
+            try await authenticator.authenticate(
+                Credentials(
+                    clientCertificate: ClientCertificate(commonName: "x", uris: ["spiffe://cloudscan/platform/other"])))
+        }
+    }
+
+    @Test("development headers: roles from X-Cloudscan-Roles; no organization only for a platform admin")
+    func development() async throws {
+        let authenticator = DevelopmentAuthenticator()
+        let admin = try await authenticator.authenticate(Credentials(developmentRoles: "platform-admin"))
+        #expect(admin.organizationID == Caller.noOrganization && admin.roles == ["platform-admin"])
+        await #expect(throws: AuthenticationError.self) {
+            try await authenticator.authenticate(Credentials(developmentRoles: "org-admin"))
+        }
+        let org = UUID()
+        let member = try await authenticator.authenticate(
+            Credentials(developmentOrganization: org.uuidString, developmentRoles: "org-admin, reader"))
+        #expect(member.organizationID == org && member.roles == ["org-admin", "reader"])
+    }
+}

@@ -292,4 +292,44 @@ struct GatewayPublishTests {
             #expect(await h.jobNames().count == 1)
         }
     }
+
+    @Test(
+        "a gateway's scan.create for an unknown project key: dead-lettered with the reason while auto_create_projects is off; once on, the project is made on first use (audited) and the scan dispatched"
+    )
+    func unknownKeyFirstUse() async throws {
+        try await DispatcherHarness.run { h in
+            let root = TestDatabase.repositoryRoot
+            let url = "amqp://\(TestBroker.user):\(TestBroker.password)@\(TestBroker.host):\(TestBroker.port)/cloudscan"
+            func publish(_ scanID: UUID) async throws {
+                let (status, output) = try await runCommandCapturingOutput([
+                    root.appendingPathComponent(".venv/bin/python").path,
+                    root.appendingPathComponent("Tests/clients/gateway_publish.py").path, url, h.exchange,
+                    h.organization.uuidString.lowercased(), scanID.uuidString.lowercased(), "proj-gw-new",
+                    root.appendingPathComponent("topology/schemas/scan.create.v1.json").path,
+                ])
+                #expect(status == 0, "\(output)")
+            }
+            let refused = UUID()
+            try await publish(refused)
+            let dead = try await h.deadLettered(from: h.dispatchQueue, count: 1)
+            #expect(dead.count == 1 && (dead.first?.reason ?? "").contains("auto_create_projects"), "\(dead)")
+            let admin = AdminService(client: h.app, logger: TestDatabase.logger("admin"))
+            _ = try await admin.updateOrganization(
+                id: h.organization, UpdateOrganizationRequest(autoCreateProjects: true),
+                actor: AdminActor(subject: "test", via: "cli"))
+            let accepted = UUID()
+            try await publish(accepted)
+            try await h.eventually("dispatched") { try await h.dispatchedWithJob(accepted) }
+            let (projects, audited) = try await h.app.withTransaction(organizationID: h.organization) { c in
+                (
+                    try await c.query("SELECT count(*) FROM projects WHERE external_key = 'proj-gw-new'").single()
+                        .decode(Int.self, at: 0),
+                    try await c.query(
+                        "SELECT count(*) FROM admin_audit WHERE action = 'project.create' AND via = 'scan-create'"
+                    ).single().decode(Int.self, at: 0)
+                )
+            }
+            #expect(projects == 1 && audited == 1)
+        }
+    }
 }
