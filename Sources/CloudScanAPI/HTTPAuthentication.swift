@@ -1,4 +1,5 @@
 import CloudScanAuth
+import CloudScanCore
 import HTTPTypes
 import Hummingbird
 import HummingbirdTLS
@@ -36,7 +37,10 @@ extension Authenticator {
             developmentSubject: request.headers[Self.subjectHeader],
             developmentRoles: request.headers[Self.rolesHeader])
         do {
-            return try await authenticate(credentials)
+            let caller = try await authenticate(credentials)
+            LogContext.learn("organization_id", caller.organizationID.uuidString.lowercased())
+            LogContext.learn("subject", caller.subject)
+            return caller
         } catch {
             throw Problem(.unauthorized, title: "Unauthenticated", detail: error.detail)
         }

@@ -117,10 +117,12 @@ struct TraceMiddleware<Context: RequestContext>: RouterMiddleware {
         let trace =
             request.headers[HTTPField.Name("traceparent")!].flatMap(TraceContext.init(traceparent:))?.child()
             ?? TraceContext.root()
-        var response = try await LogContext.with(
-            ["http_method": request.method.rawValue, "http_path": request.uri.path], trace: trace
-        ) {
-            try await next(request, context)
+        var response = try await LogContext.$late.withValue(LogContext.Late()) {
+            try await LogContext.with(
+                ["http_method": request.method.rawValue, "http_path": request.uri.path], trace: trace
+            ) {
+                try await next(request, context)
+            }
         }
         response.headers[HTTPField.Name("traceparent")!] = trace.traceparent
         return response

@@ -243,10 +243,9 @@ struct ProjectCommands: AsyncParsableCommand {
         func run() async throws {
             let parsed = try scannerOptions.map(parseOptions)
             let updated = try await options.withService { service in
-                let organizationID = try await service.organizationID(org)
+                let (organizationID, projectID) = try await service.project(project, of: org)
                 return try await service.updateProject(
-                    organizationID: organizationID,
-                    id: try await service.projectID(organizationID: organizationID, project),
+                    organizationID: organizationID, id: projectID,
                     .init(
                         name: name, externalKey: key, defaultScanTypes: scanTypeList(scanTypes),
                         scannerOptions: parsed, timeoutSeconds: timeout), actor: options.adminActor)
@@ -263,10 +262,8 @@ struct ProjectCommands: AsyncParsableCommand {
 
         func run() async throws {
             let found = try await options.withService { service in
-                let organizationID = try await service.organizationID(org)
-                return try await service.getProject(
-                    organizationID: organizationID,
-                    id: try await service.projectID(organizationID: organizationID, project))
+                let (organizationID, projectID) = try await service.project(project, of: org)
+                return try await service.getProject(organizationID: organizationID, id: projectID)
             }
             options.printRecord(found.json)
         }
@@ -302,10 +299,9 @@ struct ProjectCommands: AsyncParsableCommand {
 
         func run() async throws {
             let archived = try await options.withService { service in
-                let organizationID = try await service.organizationID(org)
+                let (organizationID, projectID) = try await service.project(project, of: org)
                 return try await service.archiveProject(
-                    organizationID: organizationID,
-                    id: try await service.projectID(organizationID: organizationID, project),
+                    organizationID: organizationID, id: projectID,
                     actor: options.adminActor)
             }
             options.printRecord(archived.json)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A W3C Trace Context (`traceparent`: `00-<trace id, 32 hex>-<parent id, 16 hex>-<flags, 2 hex>`).
 ///
@@ -61,6 +62,20 @@ public struct TraceContext: Sendable, Hashable {
 /// `message_id`, `queue`, … — set by consumers per message and by the API per request.
 public enum LogContext {
     @TaskLocal public static var current: [String: String] = [:]
+
+    /// Fields learned partway through a request (the caller's organization, once authenticated):
+    /// a request's box is installed when it starts, and filled in by whoever learns them.
+    public final class Late: Sendable {
+        let fields = Mutex<[String: String]>([:])
+        public init() {}
+        public func set(_ key: String, _ value: String) { fields.withLock { $0[key] = value } }
+        public var values: [String: String] { fields.withLock { $0 } }
+    }
+
+    @TaskLocal public static var late: Late?
+
+    /// Adds a field to the current request's log lines from here on.
+    public static func learn(_ key: String, _ value: String) { late?.set(key, value) }
 
     /// Runs `body` with `fields` added to the current ones, and with `trace` as the current trace.
     public static func with<R>(

@@ -64,7 +64,7 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
                     timeoutSeconds: message.timeoutSeconds == 0 ? nil : Int(message.timeoutSeconds),
                     labels: message.labels),
                 idempotencyKey: request.metadata[stringValues: "idempotency-key"].first(where: { _ in true }),
-                traceparent: GRPCTrace.continued(request.metadata).traceparent)
+                traceparent: TraceContext.current?.traceparent)
             var response = Cloudscan_V1_CreateScanResponse()
             response.scan = Self.message(created.scan)
             response.replayed = created.replayed
@@ -107,7 +107,7 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
             Self.message(
                 try await service.cancelScan(
                     organizationID: caller.organizationID, id: try Self.uuid(message.id), requestedBy: caller.subject,
-                    traceparent: GRPCTrace.continued(request.metadata).traceparent))
+                    traceparent: TraceContext.current?.traceparent))
         }
     }
 
@@ -189,7 +189,12 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
         let started = ContinuousClock.now
         do {
             let caller = try await authenticate(request.metadata, context)
-            let response = try await body(caller, request.message)
+            let response = try await LogContext.with(
+                [
+                    "grpc_method": method, "organization_id": caller.organizationID.uuidString.lowercased(),
+                    "subject": caller.subject,
+                ], trace: GRPCTrace.continued(request.metadata)
+            ) { try await body(caller, request.message) }
             observe(method, "ok", ContinuousClock.now - started)
             return ServerResponse(message: response)
         } catch {

@@ -35,6 +35,7 @@ public enum FleetLogging {
     /// The task's log context and trace, as metadata.
     public static let metadataProvider = Logger.MetadataProvider {
         var metadata: Logger.Metadata = [:]
+        if let late = LogContext.late { for (key, value) in late.values { metadata[key] = .string(value) } }
         for (key, value) in LogContext.current { metadata[key] = .string(value) }
         if let trace = TraceContext.current {
             metadata["trace_id"] = .string(trace.traceID)

@@ -621,6 +621,12 @@ extension AdminService {
         return id
     }
 
+    /// A project (id or external key) of an organization (id or slug): both ids.
+    public func project(_ reference: String, of organization: String) async throws -> (UUID, UUID) {
+        let organizationID = try await organizationID(organization)
+        return (organizationID, try await projectID(organizationID: organizationID, reference))
+    }
+
     /// A project of the organization named by id or external key.
     public func projectID(organizationID: UUID, _ reference: String) async throws -> UUID {
         if let id = UUID(uuidString: reference) { return id }

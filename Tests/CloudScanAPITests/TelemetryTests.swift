@@ -45,9 +45,15 @@ struct TelemetryTests {
         await LogContext.with(["scan_id": "s-1", "organization_id": "o-1"], trace: trace) {
             logger.info("quote \" and\nnewline \u{1}", metadata: ["attempt": "2", "list": ["a", "b"]])
         }
+        // Fields learned partway (the caller's organization, after authentication) join later lines.
+        await LogContext.$late.withValue(LogContext.Late()) {
+            logger.info("before")
+            LogContext.learn("organization_id", "o-2")
+            logger.info("after")
+        }
         logger.warning("outside")
         let written = lines.withLock { $0 }
-        #expect(written.count == 2 && written.allSatisfy { $0.hasSuffix("}\n") && $0.filter { $0 == "\n" }.count == 1 })
+        #expect(written.count == 4 && written.allSatisfy { $0.hasSuffix("}\n") && $0.filter { $0 == "\n" }.count == 1 })
         let first = try #require(try JSONSerialization.jsonObject(with: Data(written[0].utf8)) as? [String: Any])
         #expect(first["msg"] as? String == "quote \" and\nnewline \u{1}")
         #expect(first["level"] as? String == "info" && first["logger"] as? String == "cloudscan.test")
@@ -56,7 +62,10 @@ struct TelemetryTests {
         #expect(first["attempt"] as? String == "2" && first["list"] as? [String] == ["a", "b"])
         #expect(first["role"] as? String == "dispatcher")
         #expect((first["ts"] as? String).map { RFC3339.date(from: $0) != nil } == true)
-        let second = try #require(try JSONSerialization.jsonObject(with: Data(written[1].utf8)) as? [String: Any])
+        let before = try #require(try JSONSerialization.jsonObject(with: Data(written[1].utf8)) as? [String: Any])
+        let after = try #require(try JSONSerialization.jsonObject(with: Data(written[2].utf8)) as? [String: Any])
+        #expect(before["organization_id"] == nil && after["organization_id"] as? String == "o-2")
+        let second = try #require(try JSONSerialization.jsonObject(with: Data(written[3].utf8)) as? [String: Any])
         #expect(second["scan_id"] == nil && second["trace_id"] == nil && second["level"] as? String == "warning")
     }
 }

@@ -12,6 +12,18 @@ import Testing
 struct DispatcherProcessTests {
     static let binary = TestDatabase.repositoryRoot.appendingPathComponent(".build/debug/cloudscan").path
 
+    /// A kubeconfig pointing at the stand-in, namespace cloudscan.
+    static func kubeconfig(_ standIn: KubernetesStandIn, in directory: URL) throws -> URL {
+        let file = directory.appendingPathComponent("kubeconfig")
+        try """
+        current-context: test
+        clusters: [{name: s, cluster: {server: "\(standIn.server)"}}]
+        users: [{name: u, user: {token: \(KubernetesStandIn.adminToken)}}]
+        contexts: [{name: test, context: {cluster: s, user: u, namespace: cloudscan}}]
+        """.write(to: file, atomically: true, encoding: .utf8)
+        return file
+    }
+
     @Test(
         "SIGKILLed after the Job create, before the ack: redelivered, the Job ensured (409), still one Job, dispatched once"
     )
@@ -29,21 +41,14 @@ struct DispatcherProcessTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("disp-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let kubeconfig = directory.appendingPathComponent("kubeconfig")
-        try """
-        current-context: test
-        clusters: [{name: s, cluster: {server: "\(standIn.server)"}}]
-        users: [{name: u, user: {token: \(KubernetesStandIn.adminToken)}}]
-        contexts: [{name: test, context: {cluster: s, user: u, namespace: cloudscan}}]
-        """.write(to: kubeconfig, atomically: true, encoding: .utf8)
+        let kubeconfig = try Self.kubeconfig(standIn, in: directory)
         let log = directory.appendingPathComponent("dispatcher.log").path
 
         try await TestDatabase.withSchema("dispkill", migrated: true) { db in
             try await TestDatabase.withClient(db.appConfiguration()) { app in
                 let (org, _) = try await TestDatabase.seedOrganization(app)
                 let environment = [
-                    "DATABASE_URL":
-                        "postgresql://\(TestDatabase.appUser):\(TestDatabase.appPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+                    "DATABASE_URL": TestDatabase.appURL,
                     "DB_SCHEMA": db.schema,
                     "AMQP_URL":
                         "amqp://\(TestBroker.user):\(TestBroker.password)@\(TestBroker.host):\(TestBroker.port)/\(vhost)",
@@ -129,13 +134,7 @@ struct DispatcherProcessTests {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dispdrain-\(UUID())")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(at: directory) }
-            let kubeconfig = directory.appendingPathComponent("kubeconfig")
-            try """
-            current-context: test
-            clusters: [{name: s, cluster: {server: "\(standIn.server)"}}]
-            users: [{name: u, user: {token: \(KubernetesStandIn.adminToken)}}]
-            contexts: [{name: test, context: {cluster: s, user: u, namespace: cloudscan}}]
-            """.write(to: kubeconfig, atomically: true, encoding: .utf8)
+            let kubeconfig = try Self.kubeconfig(standIn, in: directory)
             try await TestDatabase.withSchema("dispdrain", migrated: true) { db in
                 try await TestDatabase.withClient(db.appConfiguration()) { app in
                     let (org, _) = try await TestDatabase.seedOrganization(app)
@@ -144,8 +143,7 @@ struct DispatcherProcessTests {
                         try await c.execute("UPDATE organizations SET concurrency_quota = 100 WHERE id = \(org)")
                     }
                     let environment = [
-                        "DATABASE_URL":
-                            "postgresql://\(TestDatabase.appUser):\(TestDatabase.appPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+                        "DATABASE_URL": TestDatabase.appURL,
                         "DB_SCHEMA": db.schema, "AMQP_URL": url, "KUBECONFIG": kubeconfig.path,
                         "RUNNER_TOKEN_SECRET": "a-test-runner-token-secret-of-32-bytes-or-more",
                         "TOPOLOGY_FILE": TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json")

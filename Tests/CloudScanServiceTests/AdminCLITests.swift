@@ -17,8 +17,7 @@ struct AdminCLITests {
     func roundTrip() async throws {
         try await TestDatabase.withSchema("admincli", migrated: true) { db in
             let environment = [
-                "DATABASE_URL":
-                    "postgresql://\(TestDatabase.appUser):\(TestDatabase.appPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+                "DATABASE_URL": TestDatabase.appURL,
                 "DB_SCHEMA": db.schema, "JWT_HS256_SECRET": "cli-test-secret-0123456789-abcdefghijk",
                 "JWT_ISSUER": "https://issuer.cli", "JWT_AUDIENCE": "cloudscan",
             ]

@@ -28,6 +28,8 @@ public struct TestDatabase: Sendable {
     public static let ownerPassword = environment["TEST_PG_OWNER_PASSWORD"] ?? "cloudscan"
     public static let appUser = environment["TEST_PG_APP_USER"] ?? "cloudscan_app"
     public static let appPassword = environment["TEST_PG_APP_PASSWORD"] ?? "cloudscan_app"
+    /// `DATABASE_URL` for a process that connects as the services' role.
+    public static var appURL: String { "postgresql://\(appUser):\(appPassword)@\(host):\(port)/\(database)" }
 
     /// The repository's root, found from this file's path.
     public static let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()

@@ -202,8 +202,7 @@ struct DrainProcessTests {
                             exchange: Exchanges.events, routingKey: "scan.completed")
                     }
                     let environment = [
-                        "DATABASE_URL":
-                            "postgresql://\(TestDatabase.appUser):\(TestDatabase.appPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+                        "DATABASE_URL": TestDatabase.appURL,
                         "DB_SCHEMA": db.schema, "AMQP_URL": url, "NOTIFY_CONCURRENCY": "2",
                         "DRAIN_TIMEOUT_SECONDS": "20", "METRICS_PORT": "0",
                         "TOPOLOGY_FILE": TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json")
@@ -272,8 +271,7 @@ struct DrainProcessTests {
                     let directory = try Self.directory("drainrl")
                     defer { try? FileManager.default.removeItem(at: directory) }
                     let environment = [
-                        "DATABASE_URL":
-                            "postgresql://\(TestDatabase.appUser):\(TestDatabase.appPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+                        "DATABASE_URL": TestDatabase.appURL,
                         "DB_SCHEMA": db.schema, "AMQP_URL": url, "METRICS_PORT": "0",
                     ]
                     func sent() async throws -> Int {

@@ -14,8 +14,7 @@ struct PipelineProcessTests {
 
     static func environment(_ h: WritersHarness) -> [String: String] {
         [
-            "DATABASE_URL":
-                "postgresql://\(TestDatabase.appUser):\(TestDatabase.appPassword)@\(TestDatabase.host):\(TestDatabase.port)/\(TestDatabase.database)",
+            "DATABASE_URL": TestDatabase.appURL,
             "DB_SCHEMA": h.db.schema, "AMQP_URL": h.brokerURL, "RUNNER_TOKEN_SECRET": WritersHarness.tokenSecret,
             "TOPOLOGY_FILE": TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json").path,
             "LOG_LEVEL": "info",
