@@ -106,7 +106,7 @@ struct DispatcherTests {
                 messageID: "bad-json")
             let dead = try await h.deadLettered(from: h.dispatchQueue, count: 4)
             let reasons = Dictionary(uniqueKeysWithValues: dead.map { ($0.id ?? "-", $0.reason ?? "") })
-            #expect(reasons["bad-project"]?.contains("no such project") == true, "\(reasons)")
+            #expect(reasons["bad-project"]?.contains("no project with this id or external_key") == true, "\(reasons)")
             #expect(reasons["bad-type"]?.contains("scan_types") == true, "\(reasons)")
             #expect(reasons["bad-org"]?.contains("x-organization-id") == true, "\(reasons)")
             #expect(reasons["bad-json"]?.contains("not JSON") == true, "\(reasons)")

@@ -66,7 +66,6 @@ struct ScanServiceTests {
         try await withService { service, _, org, _ in
             let cases: [(CreateScanRequest, String)] = [
                 (request(types: ["dast"]), "scan_types"),
-                (request(types: []), "scan_types"),
                 (request(types: ["sast", "sast"]), "scan_types"),
                 (request("no-such-project"), "project"),
                 (
@@ -97,6 +96,9 @@ struct ScanServiceTests {
                 #expect(error?.code == .invalidArgument)
                 #expect(error?.field == field, "\(String(describing: error))")
             }
+            // No scan types: the project's defaults (sast, secrets unless the project says otherwise).
+            let defaults = try await service.createScan(organizationID: org, request: request(types: []))
+            #expect(defaults.scan.scanTypes == [.sast, .secrets])
         }
     }
 

@@ -10,10 +10,12 @@ struct RowLevelSecurityTests {
     static let tenantTables: Set<String> = [
         "organizations", "projects", "scans", "scan_idempotency_keys", "scan_events", "findings", "outbox",
         "processed_messages", "webhook_subscriptions", "webhook_deliveries", "organization_queue_counts",
-        "scan_cancel_requests", "scan_findings_batches",
+        "scan_cancel_requests", "scan_findings_batches", "admin_audit",
     ]
     /// Tables the services' role may only read (their triggers write them).
     static let readOnlyTables: Set<String> = ["organization_queue_counts"]
+    /// Tables the services' role may read and append to, never change (the audit trail).
+    static let appendOnlyTables: Set<String> = ["admin_audit"]
 
     /// Inserts one row in every tenant table for `org`, acting as that organization.
     private func seed(_ app: PostgresClient, org: UUID, slug: String) async throws {
@@ -54,6 +56,11 @@ struct RowLevelSecurityTests {
             try await c.execute(
                 "INSERT INTO processed_messages (consumer, message_id, organization_id) VALUES ('dispatcher', \(UUID().uuidString), \(org))"
             )
+            try await c.execute(
+                """
+                INSERT INTO admin_audit (organization_id, actor, via, action, entity_type, entity_id, after)
+                VALUES (\(org), 'test', 'cli', 'organization.create', 'organization', \(org), '{}')
+                """)
             try await c.execute(
                 """
                 INSERT INTO webhook_subscriptions (id, organization_id, url, secret)
@@ -128,7 +135,7 @@ struct RowLevelSecurityTests {
                     #expect(seen.allSatisfy { $0 == orgA }, "A sees another organization's rows in \(table)")
 
                     // Updates and deletes aimed at B touch nothing (or are refused outright).
-                    if Self.readOnlyTables.contains(table) {
+                    if Self.readOnlyTables.contains(table) || Self.appendOnlyTables.contains(table) {
                         let refused = await #expect(throws: PostgresError.self) {
                             try await app.withTransaction(organizationID: orgA) { c in
                                 try await c.execute(
