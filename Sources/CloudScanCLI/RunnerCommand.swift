@@ -107,7 +107,7 @@ struct RunnerCommand: AsyncParsableCommand {
             executor: .init(
                 catalog: catalog, searchPath: ScannerLocations.searchPath(environment),
                 osvDirectory: environment["CLOUDSCAN_OSV_DIR"],
-                keepSARIFDirectory: environment["CLOUDSCAN_KEEP_SARIF_DIR"]),
+                keepSARIFDirectory: environment["CLOUDSCAN_KEEP_SARIF_DIR"], options: try scannerOptions(environment)),
             fetcher: .init(
                 maximumBytes: try FleetSettings.integer("CLOUDSCAN_MAX_ARTIFACT_BYTES", 512 << 20, from: environment)))
         let publisher = AMQPPublisher(
@@ -127,5 +127,19 @@ struct RunnerCommand: AsyncParsableCommand {
         await publisher.close()
         logger.notice("runner finished", metadata: ["result": "\(result)"])
         if case .failed = result { throw ExitCode(2) }
+    }
+}
+
+/// The project's scanner options from the dispatcher (CLOUDSCAN_SCANNER_OPTIONS, JSON); none when unset.
+func scannerOptions(_ environment: [String: String]) throws -> ScannerOptions {
+    guard let text = environment[RunnerAssignment.Environment.scannerOptions], !text.isEmpty else {
+        return ScannerOptions()
+    }
+    do {
+        return try ScannerOptions(try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8)))
+    } catch let error as ScanServiceError {
+        throw ValidationError("CLOUDSCAN_SCANNER_OPTIONS: \(error.field.map { "\($0): " } ?? "")\(error.message)")
+    } catch {
+        throw ValidationError("CLOUDSCAN_SCANNER_OPTIONS is not JSON")
     }
 }

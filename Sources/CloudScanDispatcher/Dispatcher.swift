@@ -181,10 +181,14 @@ public struct Dispatcher: Sendable {
         var artifactSHA256: String?
         var timeoutSeconds: Int
         var traceparent: String?
+        /// The project's scanner options as they are at dispatch (JSON; nil when none).
+        var scannerOptions: String?
     }
 
-    static let scanColumns =
-        "created_at, project_id, status, attempt, scan_types, artifact_ref, artifact_sha256, timeout_seconds, traceparent"
+    static let scanColumns = """
+        created_at, project_id, status, attempt, scan_types, artifact_ref, artifact_sha256, timeout_seconds, traceparent,
+        (SELECT nullif(p.scanner_options, '{}'::jsonb)::text FROM projects p WHERE p.id = scans.project_id)
+        """
 
     static func scanRow(_ row: PostgresRow) throws -> ScanRow {
         ScanRow(
@@ -193,7 +197,8 @@ public struct Dispatcher: Sendable {
             attempt: try row.decode(Int.self, at: 3),
             scanTypes: try row.decode([String].self, at: 4).compactMap(ScanType.init(rawValue:)),
             artifactRef: try row.decode(String.self, at: 5), artifactSHA256: try row.decode(String?.self, at: 6),
-            timeoutSeconds: try row.decode(Int.self, at: 7), traceparent: try row.decode(String?.self, at: 8))
+            timeoutSeconds: try row.decode(Int.self, at: 7), traceparent: try row.decode(String?.self, at: 8),
+            scannerOptions: try row.decode(String?.self, at: 9))
     }
 
     static func lockDispatch(_ c: PostgresConnection, organizationID: UUID) async throws {
@@ -282,7 +287,8 @@ public struct Dispatcher: Sendable {
                     artifactURL: artifact.url, artifactSHA256: scan.artifactSHA256 ?? artifact.sha256,
                     timeoutSeconds: scan.timeoutSeconds,
                     runnerToken: tokens.token(scanID: scanID, organizationID: organizationID, attempt: attempt),
-                    traceparent: TraceContext.current?.traceparent ?? scan.traceparent))
+                    traceparent: TraceContext.current?.traceparent ?? scan.traceparent,
+                    scannerOptions: scan.scannerOptions))
             logger.info(
                 "runner started",
                 metadata: [

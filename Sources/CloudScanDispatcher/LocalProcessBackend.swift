@@ -163,6 +163,7 @@ public final class LocalProcessBackend: JobBackend {
         environment[Env.timeoutSeconds] = String(assignment.timeoutSeconds)
         environment[Env.runnerToken] = assignment.runnerToken
         environment[Env.traceparent] = assignment.traceparent
+        environment[Env.scannerOptions] = assignment.scannerOptions
         environment["HOME"] = scratch.path
         environment["TMPDIR"] = scratch.path
 

@@ -15,12 +15,16 @@ public struct RunnerAssignment: Sendable, Equatable {
     public var runnerToken: String
     /// The W3C trace the runner continues (`TRACEPARENT`).
     public var traceparent: String?
+    /// The project's scanner options (JSON, `CLOUDSCAN_SCANNER_OPTIONS`).
+    public var scannerOptions: String?
 
     public init(
         scanID: UUID, organizationID: UUID, attempt: Int, scanTypes: [ScanType], artifactURL: String,
-        artifactSHA256: String? = nil, timeoutSeconds: Int, runnerToken: String, traceparent: String? = nil
+        artifactSHA256: String? = nil, timeoutSeconds: Int, runnerToken: String, traceparent: String? = nil,
+        scannerOptions: String? = nil
     ) {
         self.traceparent = traceparent
+        self.scannerOptions = scannerOptions
         self.scanID = scanID
         self.organizationID = organizationID
         self.attempt = attempt
@@ -54,6 +58,7 @@ public struct RunnerAssignment: Sendable, Equatable {
         public static let runnerToken = "CLOUDSCAN_RUNNER_TOKEN"
         public static let brokerURL = "CLOUDSCAN_BROKER_URL"
         public static let traceparent = "TRACEPARENT"
+        public static let scannerOptions = "CLOUDSCAN_SCANNER_OPTIONS"
     }
 }
 
@@ -207,6 +212,9 @@ public struct JobSpecBuilder: Sendable {
         }
         if let traceparent = assignment.traceparent {
             env.append(EnvVar(name: Env.traceparent, value: traceparent))
+        }
+        if let options = assignment.scannerOptions {
+            env.append(EnvVar(name: Env.scannerOptions, value: options))
         }
         container.env = env
         container.resources = ResourceRequirements(

@@ -15,11 +15,14 @@ public struct ScanExecutor: Sendable {
         public var osvDirectory: String?
         /// Each scanner's SARIF (converted where needed) is copied here when set.
         public var keepSARIFDirectory: String?
+        /// The project's scanner options: scanners turned off, paths excluded.
+        public var options: ScannerOptions
 
         public init(
             catalog: ScannerCatalog, searchPath: [String] = [], osvDirectory: String? = nil,
-            keepSARIFDirectory: String? = nil
+            keepSARIFDirectory: String? = nil, options: ScannerOptions = ScannerOptions()
         ) {
+            self.options = options
             self.catalog = catalog
             self.searchPath = searchPath
             self.osvDirectory = osvDirectory
@@ -48,7 +51,12 @@ public struct ScanExecutor: Sendable {
         onResult: (ScannerResult) async throws -> Void
     ) async throws {
         for scanner in configuration.catalog.scanners(for: types) {
-            let result = await run(scanner, root: root, workDirectory: workDirectory, deadline: deadline)
+            var result = await run(scanner, root: root, workDirectory: workDirectory, deadline: deadline)
+            let excluded = result.findings.filter { configuration.options.excludes(scanner.name, path: $0.path) }
+            if !excluded.isEmpty {
+                result.findings.removeAll { configuration.options.excludes(scanner.name, path: $0.path) }
+                result.outcome.findings = result.findings.count
+            }
             logger.info(
                 "scanner finished",
                 metadata: [
@@ -76,6 +84,9 @@ public struct ScanExecutor: Sendable {
                     name: scanner.name, outcome: outcome, durationMS: milliseconds, findings: findings.count,
                     reason: reason.map { String($0.prefix(1024)) }),
                 findings: findings)
+        }
+        if !configuration.options.isEnabled(scanner.name) {
+            return done(.skipped, "disabled by the project's scanner options", [])
         }
         if scanner.format == .cyclonedxOSV && configuration.osvDirectory == nil {
             return done(.skipped, "advisory database unavailable", [])

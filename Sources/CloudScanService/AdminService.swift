@@ -580,22 +580,7 @@ public struct AdminService: Sendable {
     }
 
     static func checkOptions(_ options: JSONValue) throws -> JSONValue {
-        guard case .object = options else {
-            throw ScanServiceError.invalidArgument(field: "scanner_options", "a JSON object (scanner name → options)")
-        }
-        // jsonb refuses NUL characters (in keys and strings alike).
-        func hasNUL(_ value: JSONValue) -> Bool {
-            switch value {
-            case .string(let text): return text.unicodeScalars.contains { $0.value == 0 }
-            case .array(let values): return values.contains(where: hasNUL)
-            case .object(let fields):
-                return fields.contains { $0.key.unicodeScalars.contains { $0.value == 0 } || hasNUL($0.value) }
-            default: return false
-            }
-        }
-        if hasNUL(options) {
-            throw ScanServiceError.invalidArgument(field: "scanner_options", "must not contain NUL characters")
-        }
+        _ = try ScannerOptions(options)
         guard options.jsonText.utf8.count <= Limits.scannerOptionsBytes else {
             throw ScanServiceError.invalidArgument(
                 field: "scanner_options", "at most \(Limits.scannerOptionsBytes / 1024) KiB")

@@ -266,7 +266,7 @@ struct AdminAPITests {
             let created = try await server.call(
                 "POST", "/api/v1/projects", token: admin,
                 body:
-                    #"{"name":"Payments","external_key":"proj-pay","default_scan_types":["iac","sca"],"timeout_seconds":900,"scanner_options":{"semgrep":{"config":"p/ci"}}}"#
+                    #"{"name":"Payments","external_key":"proj-pay","default_scan_types":["iac","sca"],"timeout_seconds":900,"scanner_options":{"semgrep":{"exclude_paths":["tests/*"]}}}"#
             )
             #expect(created.status == 201, "\(created.json)")
             let id = try #require(created.json["id"] as? String)

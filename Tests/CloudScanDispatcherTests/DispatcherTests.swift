@@ -138,6 +138,48 @@ struct DispatcherTests {
         }
     }
 
+    @Test(
+        "the project's scanner options reach the runner's Job (CLOUDSCAN_SCANNER_OPTIONS); a project without any sends none"
+    )
+    func scannerOptionsInJob() async throws {
+        try await DispatcherHarness.run { h in
+            let admin = AdminService(client: h.app, logger: TestDatabase.logger("admin"))
+            _ = try await admin.updateProject(
+                organizationID: h.organization, id: h.project,
+                UpdateProjectRequest(
+                    scannerOptions: .object([
+                        "bandit": .object(["enabled": .bool(false)]),
+                        "semgrep": .object(["exclude_paths": .array([.string("tests/*")])]),
+                    ])), actor: AdminActor(subject: "t", via: "cli"))
+            let withOptions = try await h.createScan()
+            let without = try await h.createScan(organization: h.other, key: "proj-other")
+            try await h.eventually("both dispatched") {
+                let first = try await h.dispatchedWithJob(withOptions.id)
+                let second = try await h.dispatchedWithJob(without.id, organization: h.other)
+                return first && second
+            }
+            func env(_ scanID: UUID) async throws -> [String: String] {
+                let name = RunnerAssignment.jobName(scanID: scanID, attempt: 1)
+                let data = try #require(
+                    await h.standIn.cluster.jobJSON(namespace: DispatcherHarness.namespace, name: name))
+                let job = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+                let spec = (job["spec"] as? [String: Any])?["template"] as? [String: Any]
+                let containers = ((spec?["spec"] as? [String: Any])?["containers"] as? [[String: Any]]) ?? []
+                var out: [String: String] = [:]
+                for variable in containers.first?["env"] as? [[String: Any]] ?? [] {
+                    if let name = variable["name"] as? String, let value = variable["value"] as? String {
+                        out[name] = value
+                    }
+                }
+                return out
+            }
+            let options = try #require(try await env(withOptions.id)["CLOUDSCAN_SCANNER_OPTIONS"])
+            let parsed = try ScannerOptions(try JSONDecoder().decode(JSONValue.self, from: Data(options.utf8)))
+            #expect(parsed.isEnabled("bandit") == false && parsed.excludes("semgrep", path: "tests/t.py"))
+            #expect(try await env(without.id)["CLOUDSCAN_SCANNER_OPTIONS"] == nil)
+        }
+    }
+
     @Test("quota: 100 scans of one organization over its quota of 3 wait queued; another organization's flow at once")
     func quota() async throws {
         try await DispatcherHarness.run(quota: 3) { h in

@@ -64,6 +64,40 @@ struct ScannerTests {
         "syft-osv": ["GHSA-8q59-q68h-6hv4", "GHSA-9hjg-9r4m-mvj7", "GHSA-x84v-xcm2-53pg"],
     ]
 
+    @Test("the project's scanner options: a scanner turned off is skipped, excluded paths drop their findings")
+    func options() async throws {
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("opts-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let source = work + "/src"
+        try FileManager.default.copyItem(
+            atPath: Self.root.appendingPathComponent("Tests/Fixtures/sample-repo").path, toPath: source)
+        let options = try ScannerOptions(
+            .object([
+                "bandit": .object(["enabled": .bool(false)]),
+                "semgrep": .object(["exclude_paths": .array([.string("*.py")])]),
+            ]))
+        let executor = ScanExecutor(
+            configuration: .init(
+                catalog: try ScannerCatalog.load(path: Self.root.appendingPathComponent("scanners/scanners.json").path),
+                searchPath: [Self.scannersHome + "/bin"], options: options),
+            logger: Logger(label: "scan"))
+        var results: [ScanExecutor.ScannerResult] = []
+        try await executor.scan(
+            root: source, types: [ScanType.sast], workDirectory: work, deadline: .now + .seconds(300)
+        ) {
+            results.append($0)
+        }
+        let bandit = try #require(results.first { $0.scanner.name == "bandit" })
+        #expect(
+            bandit.outcome.outcome == .skipped && bandit.outcome.reason == "disabled by the project's scanner options")
+        let semgrep = try #require(results.first { $0.scanner.name == "semgrep" })
+        #expect(semgrep.outcome.outcome == .ok)
+        #expect(semgrep.findings.allSatisfy { !($0.path ?? "").hasSuffix(".py") }, "\(semgrep.findings.map(\.path))")
+        #expect(Set(semgrep.findings.map(\.ruleID)) == ["c-strcpy", "c-format-string"], "the C findings stay")
+        #expect(semgrep.outcome.findings == semgrep.findings.count)
+    }
+
     @Test("every scanner runs offline and finds what was planted; every SARIF validates against SARIF 2.1.0")
     func sampleRepository() async throws {
         let (results, sarif, work) = try await Self.scanSample()

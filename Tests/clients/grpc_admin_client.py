@@ -80,10 +80,10 @@ def main():
     # Projects: the organization's admins change them, members read them, B's do not exist for A.
     project = stub.CreateProject(
         pb.CreateProjectRequest(name="Api", external_key="proj-grpc", default_scan_types=["sast", "iac"],
-                                scanner_options_json='{"semgrep":{"config":"p/ci"}}', timeout_seconds=600),
+                                scanner_options_json='{"semgrep":{"exclude_paths":["tests/*"]}}', timeout_seconds=600),
         metadata=a_admin)
     check(project.external_key == "proj-grpc" and list(project.default_scan_types) == ["sast", "iac"]
-          and json.loads(project.scanner_options_json) == {"semgrep": {"config": "p/ci"}},
+          and json.loads(project.scanner_options_json) == {"semgrep": {"exclude_paths": ["tests/*"]}},
           "CreateProject as A's admin")
     code, _ = code_of(lambda: stub.CreateProject(
         pb.CreateProjectRequest(name="No", external_key="proj-no"), metadata=gateway))
