@@ -303,7 +303,7 @@ let package = Package(
             name: "CloudScanDispatcherTests",
             dependencies: [
                 "CloudScanDispatcher", "CloudScanKubernetes", "KubernetesStandIn", "CloudScanService", "CloudScanCore",
-                "CloudScanAMQP", "CloudScanPostgres", "CloudScanAuth", "CloudScanTestSupport",
+                "CloudScanAMQP", "CloudScanPostgres", "CloudScanAuth", "CloudScanTestSupport", "CloudScanMetrics",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -70,7 +70,8 @@ struct DispatcherParts {
         let dispatcher = Dispatcher(
             client: self.client, backend: backend,
             artifacts: ArtifactResolver(storageURL: environment["STORAGE_URL"], token: environment["STORAGE_TOKEN"]),
-            tokens: try RunnerTokenMinter(secret: secret), logger: logger)
+            tokens: try RunnerTokenMinter(secret: secret), configuration: .init(metrics: ProcessMetrics.shared),
+            logger: logger)
         func consumer(_ queue: String, _ handler: @escaping AMQPConsumerService.Handler) throws -> AMQPConsumerService {
             try .workQueue(
                 queue, broker: broker, publisher: publisher, topology: topology, concurrency: concurrency,

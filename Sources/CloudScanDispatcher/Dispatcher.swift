@@ -2,10 +2,12 @@ import CloudScanAMQP
 import CloudScanAuth
 import CloudScanCore
 import CloudScanKubernetes
+import CloudScanMetrics
 import CloudScanPostgres
 import CloudScanStore
 import Foundation
 import Logging
+import Synchronization
 
 /// `cloudscan dispatcher`: consumes scan.create / scan.retry (`cloudscan.dispatch`) and
 /// scan.cancel (`cloudscan.cancel`).
@@ -31,11 +33,15 @@ public struct Dispatcher: Sendable {
         public var backendBackoff: Duration
         /// Delays (seconds) for a delivery that still failed: the n-th parking uses the n-th.
         public var outageDelaysSeconds: [Int]
+        /// Counts the scans a gateway's own scan.create made (`cloudscan_scans_total{status="queued"}`;
+        /// the API counts its creates itself).
+        public var metrics: FleetMetrics?
 
         public init(
             quotaDelaySeconds: Int = 5, backendTries: Int = 3, backendBackoff: Duration = .milliseconds(200),
-            outageDelaysSeconds: [Int] = [5, 30, 300]
+            outageDelaysSeconds: [Int] = [5, 30, 300], metrics: FleetMetrics? = nil
         ) {
+            self.metrics = metrics
             self.quotaDelaySeconds = quotaDelaySeconds
             self.backendTries = backendTries
             self.backendBackoff = backendBackoff
@@ -219,6 +225,7 @@ public struct Dispatcher: Sendable {
         // 1. Under the organization's dispatch lock, briefly: the quota check and the move to
         //    dispatched (with its event), committed — so the next dispatch of the organization
         //    counts this one, and no lock is held across the Kubernetes calls.
+        let createdHere = Mutex(false)
         let claim: Claim = try await client.withTransaction(organizationID: organizationID) { c in
             try await Self.lockDispatch(c, organizationID: organizationID)
             var rows = try await c.query(
@@ -230,6 +237,7 @@ public struct Dispatcher: Sendable {
                 if let refusal = try await Self.createFromMessage(c, message, messageID: messageID) {
                     return .decided(.invalid(refusal))
                 }
+                createdHere.withLock { $0 = true }
                 rows = try await c.query(
                     "SELECT \(unescaped: Self.scanColumns) FROM scans WHERE id = \(scanID) FOR UPDATE")
             }
@@ -274,6 +282,8 @@ public struct Dispatcher: Sendable {
             dispatched.attempt = attempt
             return .start(scan: dispatched, attempt: attempt)
         }
+        // Committed: a scan made from a gateway's own scan.create is counted as queued once.
+        if createdHere.withLock({ $0 }) { configuration.metrics?.scans("queued").increment() }
         guard case .start(let scan, let attempt) = claim else {
             if case .decided(let decision) = claim { return decision }
             return .done

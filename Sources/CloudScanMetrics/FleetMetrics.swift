@@ -162,8 +162,7 @@ public final class QueueMetrics: Sendable {
     private let failures: Prometheus.Counter
     private let duration: DurationHistogram
     private let inFlight: Prometheus.Gauge
-    private let batchMessages: ValueHistogram
-    private let batchRows: ValueHistogram
+    private let registry: PrometheusCollectorRegistry
 
     init(registry: PrometheusCollectorRegistry, queue: String) {
         self.queue = queue
@@ -183,13 +182,7 @@ public final class QueueMetrics: Sendable {
         inFlight = registry.makeGauge(
             name: "cloudscan_messages_in_flight", labels: [("queue", queue)],
             help: "Messages delivered to a consumer and not yet settled, by queue.")
-        let sizes: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000]
-        batchMessages = registry.makeValueHistogram(
-            name: "cloudscan_batch_messages", labels: [("queue", queue)], buckets: sizes,
-            help: "Messages per write batch (findings writer flush), by queue.")
-        batchRows = registry.makeValueHistogram(
-            name: "cloudscan_batch_rows", labels: [("queue", queue)], buckets: sizes,
-            help: "Rows per write batch (findings writer flush), by queue.")
+        self.registry = registry
     }
 
     public func started(_ count: Int = 1) { inFlight.increment(by: Double(count)) }
@@ -208,8 +201,16 @@ public final class QueueMetrics: Sendable {
 
     public func handlerDuration(_ duration: Duration) { self.duration.record(duration) }
 
+    /// One write batch (only batching consumers have these series).
     public func batch(messages: Int, rows: Int) {
-        batchMessages.record(Double(messages))
-        batchRows.record(Double(rows))
+        let sizes: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000]
+        registry.makeValueHistogram(
+            name: "cloudscan_batch_messages", labels: [("queue", queue)], buckets: sizes,
+            help: "Messages per write batch (findings writer flush), by queue."
+        ).record(Double(messages))
+        registry.makeValueHistogram(
+            name: "cloudscan_batch_rows", labels: [("queue", queue)], buckets: sizes,
+            help: "Rows per write batch (findings writer flush), by queue."
+        ).record(Double(rows))
     }
 }

@@ -3,6 +3,7 @@ import CloudScanAuth
 import CloudScanCore
 import CloudScanDispatcher
 import CloudScanKubernetes
+import CloudScanMetrics
 import CloudScanPostgres
 import CloudScanService
 import CloudScanTestSupport
@@ -27,6 +28,8 @@ struct DispatcherHarness {
     let otherProject: UUID
     let service: ScanService
     let broker: AMQPConfiguration
+    /// The dispatcher's own registry (what `cloudscan dispatcher` serves on /metrics).
+    let metrics: FleetMetrics
     static let namespace = "cloudscan"
     static let tokenSecret = "dispatcher-test-runner-token-secret-0123456789"
 
@@ -73,6 +76,7 @@ struct DispatcherHarness {
                     configuration: .init(
                         server: standIn.server, namespace: namespace, token: KubernetesStandIn.adminToken),
                     requestTimeout: kubeTimeout)
+                let metrics = FleetMetrics()
                 let dispatcher = Dispatcher(
                     client: app,
                     backend: KubernetesJobBackend(
@@ -81,7 +85,8 @@ struct DispatcherHarness {
                     artifacts: ArtifactResolver(storageURL: storage?.url, token: storage?.token),
                     tokens: try RunnerTokenMinter(secret: tokenSecret),
                     configuration: .init(
-                        quotaDelaySeconds: 1, backendBackoff: .milliseconds(50), outageDelaysSeconds: [1, 2]),
+                        quotaDelaySeconds: 1, backendBackoff: .milliseconds(50), outageDelaysSeconds: [1, 2],
+                        metrics: metrics),
                     logger: logger)
                 func consumerService(
                     _ queue: String, _ handler: @escaping AMQPConsumerService.Handler
@@ -104,7 +109,8 @@ struct DispatcherHarness {
                 let harness = DispatcherHarness(
                     app: app, standIn: standIn, publisher: publisher, exchange: exchange, dispatchQueue: dispatchQueue,
                     cancelQueue: cancelQueue, organization: org, project: project, other: other,
-                    otherProject: otherProject, service: ScanService(client: app, logger: logger), broker: broker)
+                    otherProject: otherProject, service: ScanService(client: app, logger: logger), broker: broker,
+                    metrics: metrics)
                 try await withThrowingTaskGroup(of: Void.self) { tasks in
                     tasks.addTask { try await group.run() }
                     do {

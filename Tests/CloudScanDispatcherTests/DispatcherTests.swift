@@ -372,6 +372,9 @@ struct GatewayPublishTests {
                 )
             }
             #expect(projects == 1 && audited == 1)
+            // The scan the gateway's message made is counted as queued, once (the refused one is not).
+            let text = String(decoding: h.metrics.render(), as: UTF8.self)
+            #expect(text.contains(#"cloudscan_scans_total{status="queued"} 1"#), "\(text.prefix(2000))")
         }
     }
 }
