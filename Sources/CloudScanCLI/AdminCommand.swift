@@ -36,18 +36,20 @@ struct AdminOptions: ParsableArguments {
         var configuration = database.postgresConfiguration(applicationName: "cloudscan-admin")
         configuration.maximumConnections = 2
         let client = PostgresClient(configuration: configuration, logger: logger)
-        defer { Task { await client.shutdown() } }
         let service = AdminService(
             client: client, logger: logger,
             autoCreateProjectsDefault: (FleetSettings.values["AUTO_CREATE_PROJECTS_DEFAULT"] ?? "false") == "true")
+        let result: Result<R, any Error>
         do {
-            let result = try await body(service)
-            await client.shutdown()
-            return result
+            result = .success(try await body(service))
         } catch let error as ScanServiceError {
-            await client.shutdown()
-            throw CommandFailure(description: "\(error.field.map { "\($0): " } ?? "")\(error.message)")
+            result = .failure(CommandFailure(description: "\(error.field.map { "\($0): " } ?? "")\(error.message)"))
+        } catch {
+            result = .failure(error)
         }
+        // One shutdown, whatever happened.
+        await client.shutdown()
+        return try result.get()
     }
 
     func print(_ value: JSONValue) {
