@@ -45,6 +45,41 @@ struct DrainProcessTests {
         return directory
     }
 
+    /// What a role's process test needs: a fleet virtual host with `queue`, a migrated schema with
+    /// one organization, a scratch directory, and the process environment (services' role, the
+    /// schema, the broker, DRAIN_TIMEOUT_SECONDS 20, no metrics port).
+    struct ProcessFixture {
+        var broker: AMQPConfiguration
+        var app: PostgresClient
+        var organization: UUID
+        var directory: URL
+        var environment: [String: String]
+    }
+
+    static func withProcessFixture(_ prefix: String, queue: String, _ body: (ProcessFixture) async throws -> Void)
+        async throws
+    {
+        try await TestBroker.withFleetVirtualHost(prefix, queues: [queue]) { broker, url in
+            try await TestDatabase.withSchema(prefix, migrated: true) { db in
+                try await TestDatabase.withClient(db.appConfiguration()) { app in
+                    let (organization, _) = try await TestDatabase.seedOrganization(app)
+                    let directory = try Self.directory(prefix)
+                    defer { try? FileManager.default.removeItem(at: directory) }
+                    try await body(
+                        ProcessFixture(
+                            broker: broker, app: app, organization: organization, directory: directory,
+                            environment: [
+                                "DATABASE_URL": TestDatabase.appURL, "DB_SCHEMA": db.schema, "AMQP_URL": url,
+                                "DRAIN_TIMEOUT_SECONDS": "20", "METRICS_PORT": "0",
+                                "TOPOLOGY_FILE": TestDatabase.repositoryRoot.appendingPathComponent(
+                                    "topology/topology.json"
+                                ).path,
+                            ]))
+                }
+            }
+        }
+    }
+
     static func log(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
 
     @Test(
@@ -157,96 +192,85 @@ struct DrainProcessTests {
         "notifier: SIGTERM with deliveries in flight (a slow receiver); they finish within the drain, exit 0; the next notifier delivers the rest; each delivery once"
     )
     func notifier() async throws {
-        try await TestBroker.withFleetVirtualHost("drainnt", queues: ["cloudscan.notify"]) { broker, url in
-            try await TestDatabase.withSchema("drainnt", migrated: true) { db in
-                try await TestDatabase.withClient(db.appConfiguration()) { app in
-                    let (org, _) = try await TestDatabase.seedOrganization(app)
-                    let directory = try Self.directory("drainnt")
-                    defer { try? FileManager.default.removeItem(at: directory) }
-                    let portFile = directory.appendingPathComponent("port").path
-                    let receiver = try BackgroundCommand(
-                        [
-                            "python3",
-                            TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/webhook_receiver.py")
-                                .path, directory.path, "whsec_drain", portFile,
-                        ], environment: [:], logFile: directory.appendingPathComponent("receiver.log").path)
-                    defer { Task { _ = await receiver.stop(SIGKILL) } }
-                    var port: Int?
-                    for _ in 0..<200 where port == nil {
-                        port = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { Int($0) }
-                        if port == nil { try await Task.sleep(for: .milliseconds(25)) }
-                    }
-                    try "slow".write(
-                        to: directory.appendingPathComponent("drain.mode"), atomically: true, encoding: .utf8)
-                    try await app.withTransaction(organizationID: org) { c in
-                        try await c.execute(
-                            """
-                            INSERT INTO webhook_subscriptions (organization_id, url, secret, events)
-                            VALUES (\(org), \("http://127.0.0.1:\(try #require(port))/hook/drain"), 'whsec_drain',
-                                    ARRAY['scan.completed'])
-                            """)
-                    }
-                    let publisher = AMQPPublisher(
-                        configuration: .init(broker: broker), logger: TestDatabase.logger("p"))
-                    defer { Task { await publisher.close() } }
-                    for _ in 0..<24 {
-                        let event = ScanEventMessage(
-                            eventID: UUID().uuidString.lowercased(), scanID: UUID(), organizationID: org,
-                            projectID: UUID(), status: .completed, at: Date(), attempt: 1, counts: ["high": 1])
-                        try await publisher.publish(
-                            AMQPMessage(
-                                body: Array(try MessageCoding.encoder().encode(event)),
-                                type: MessageType.scanEvent.rawValue, messageID: event.eventID,
-                                correlationID: event.scanID.uuidString.lowercased(),
-                                headers: [MessageHeaders.organizationID: org.uuidString.lowercased()]),
-                            exchange: Exchanges.events, routingKey: "scan.completed")
-                    }
-                    let environment = [
-                        "DATABASE_URL": TestDatabase.appURL,
-                        "DB_SCHEMA": db.schema, "AMQP_URL": url, "NOTIFY_CONCURRENCY": "2",
-                        "DRAIN_TIMEOUT_SECONDS": "20", "METRICS_PORT": "0",
-                        "TOPOLOGY_FILE": TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json")
-                            .path,
-                    ]
-                    func received() -> [[String: Any]] {
-                        ((try? String(
-                            contentsOf: directory.appendingPathComponent("drain.jsonl"), encoding: .utf8)) ?? "")
-                            .split(separator: "\n").compactMap {
-                                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
-                            }
-                    }
-                    let log1 = directory.appendingPathComponent("1.log").path
-                    let first = try BackgroundCommand(
-                        [Self.binary, "notifier"], environment: environment, logFile: log1)
-                    let deadline = ContinuousClock.now + .seconds(30)
-                    while received().count < 4, ContinuousClock.now < deadline {
-                        try await Task.sleep(for: .milliseconds(20))
-                    }
-                    kill(first.pid, SIGTERM)
-                    #expect(await first.wait() == 0, "drained and exited 0: \(Self.log(log1).suffix(1500))")
-                    let afterFirst = received().count
-                    #expect(afterFirst >= 4 && afterFirst < 24, "SIGTERM landed mid-stream: \(afterFirst)")
-
-                    let log2 = directory.appendingPathComponent("2.log").path
-                    let second = try BackgroundCommand(
-                        [Self.binary, "notifier"], environment: environment, logFile: log2)
-                    let deadline2 = ContinuousClock.now + .seconds(60)
-                    while received().count < 24, ContinuousClock.now < deadline2 {
-                        try await Task.sleep(for: .milliseconds(50))
-                    }
-                    try await Task.sleep(for: .seconds(1))
-                    #expect(await second.stop(SIGTERM) == 0)
-                    let deliveries = received().compactMap { $0["delivery"] as? String }
-                    #expect(deliveries.count == 24, "each event delivered once: \(deliveries.count)")
-                    #expect(Set(deliveries).count == 24)
-                    let logged = try await app.withTransaction(organizationID: org) { c in
-                        try await c.query(
-                            "SELECT count(*) FROM webhook_deliveries WHERE delivered_at IS NOT NULL"
-                        ).single().decode(Int.self, at: 0)
-                    }
-                    #expect(logged == 24)
-                }
+        try await Self.withProcessFixture("drainnt", queue: "cloudscan.notify") { f in
+            let (broker, app, org, directory) = (f.broker, f.app, f.organization, f.directory)
+            let portFile = directory.appendingPathComponent("port").path
+            let receiver = try BackgroundCommand(
+                [
+                    "python3",
+                    TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/webhook_receiver.py")
+                        .path, directory.path, "whsec_drain", portFile,
+                ], environment: [:], logFile: directory.appendingPathComponent("receiver.log").path)
+            defer { Task { _ = await receiver.stop(SIGKILL) } }
+            var port: Int?
+            for _ in 0..<200 where port == nil {
+                port = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { Int($0) }
+                if port == nil { try await Task.sleep(for: .milliseconds(25)) }
             }
+            try "slow".write(
+                to: directory.appendingPathComponent("drain.mode"), atomically: true, encoding: .utf8)
+            try await app.withTransaction(organizationID: org) { c in
+                try await c.execute(
+                    """
+                    INSERT INTO webhook_subscriptions (organization_id, url, secret, events)
+                    VALUES (\(org), \("http://127.0.0.1:\(try #require(port))/hook/drain"), 'whsec_drain',
+                            ARRAY['scan.completed'])
+                    """)
+            }
+            let publisher = AMQPPublisher(
+                configuration: .init(broker: broker), logger: TestDatabase.logger("p"))
+            defer { Task { await publisher.close() } }
+            for _ in 0..<24 {
+                let event = ScanEventMessage(
+                    eventID: UUID().uuidString.lowercased(), scanID: UUID(), organizationID: org,
+                    projectID: UUID(), status: .completed, at: Date(), attempt: 1, counts: ["high": 1])
+                try await publisher.publish(
+                    AMQPMessage(
+                        body: Array(try MessageCoding.encoder().encode(event)),
+                        type: MessageType.scanEvent.rawValue, messageID: event.eventID,
+                        correlationID: event.scanID.uuidString.lowercased(),
+                        headers: [MessageHeaders.organizationID: org.uuidString.lowercased()]),
+                    exchange: Exchanges.events, routingKey: "scan.completed")
+            }
+            var environment = f.environment
+            environment["NOTIFY_CONCURRENCY"] = "2"
+            func received() -> [[String: Any]] {
+                ((try? String(
+                    contentsOf: directory.appendingPathComponent("drain.jsonl"), encoding: .utf8)) ?? "")
+                    .split(separator: "\n").compactMap {
+                        try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+                    }
+            }
+            let log1 = directory.appendingPathComponent("1.log").path
+            let first = try BackgroundCommand(
+                [Self.binary, "notifier"], environment: environment, logFile: log1)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while received().count < 4, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            kill(first.pid, SIGTERM)
+            #expect(await first.wait() == 0, "drained and exited 0: \(Self.log(log1).suffix(1500))")
+            let afterFirst = received().count
+            #expect(afterFirst >= 4 && afterFirst < 24, "SIGTERM landed mid-stream: \(afterFirst)")
+
+            let log2 = directory.appendingPathComponent("2.log").path
+            let second = try BackgroundCommand(
+                [Self.binary, "notifier"], environment: environment, logFile: log2)
+            let deadline2 = ContinuousClock.now + .seconds(60)
+            while received().count < 24, ContinuousClock.now < deadline2 {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            try await Task.sleep(for: .seconds(1))
+            #expect(await second.stop(SIGTERM) == 0)
+            let deliveries = received().compactMap { $0["delivery"] as? String }
+            #expect(deliveries.count == 24, "each event delivered once: \(deliveries.count)")
+            #expect(Set(deliveries).count == 24)
+            let logged = try await app.withTransaction(organizationID: org) { c in
+                try await c.query(
+                    "SELECT count(*) FROM webhook_deliveries WHERE delivered_at IS NOT NULL"
+                ).single().decode(Int.self, at: 0)
+            }
+            #expect(logged == 24)
         }
     }
 
@@ -254,58 +278,50 @@ struct DrainProcessTests {
         "relay: SIGTERM mid-stream ends between batches (the current one marked), exit 0; the next relay publishes the rest; each row published once"
     )
     func relay() async throws {
-        try await TestBroker.withFleetVirtualHost("drainrl", queues: ["cloudscan.dispatch"]) { broker, url in
-            try await TestDatabase.withSchema("drainrl", migrated: true) { db in
-                try await TestDatabase.withClient(db.appConfiguration()) { app in
-                    let (org, _) = try await TestDatabase.seedOrganization(app)
-                    let rows = 8000
-                    try await app.withTransaction(organizationID: org) { c in
-                        try await c.execute(
-                            """
-                            INSERT INTO outbox (organization_id, message_id, exchange, routing_key, message_type, payload)
-                            SELECT \(org), gen_random_uuid(), 'cloudscan.commands', 'scan.create', 'scan.create.v1',
-                                   jsonb_build_object('n', n)
-                            FROM generate_series(1, \(Int32(rows))) AS n
-                            """)
-                    }
-                    let directory = try Self.directory("drainrl")
-                    defer { try? FileManager.default.removeItem(at: directory) }
-                    let environment = [
-                        "DATABASE_URL": TestDatabase.appURL,
-                        "DB_SCHEMA": db.schema, "AMQP_URL": url, "METRICS_PORT": "0",
-                    ]
-                    func sent() async throws -> Int {
-                        try await app.withTransaction(organizationID: org) { c in
-                            try await c.query("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL").single()
-                                .decode(Int.self, at: 0)
-                        }
-                    }
-                    let log1 = directory.appendingPathComponent("1.log").path
-                    let first = try BackgroundCommand([Self.binary, "relay"], environment: environment, logFile: log1)
-                    let deadline = ContinuousClock.now + .seconds(30)
-                    while try await sent() < 400, ContinuousClock.now < deadline {
-                        try await Task.sleep(for: .milliseconds(10))
-                    }
-                    #expect(await first.stop(SIGTERM) == 0, "drained and exited 0: \(Self.log(log1).suffix(1500))")
-                    let afterFirst = try await sent()
-                    #expect(afterFirst >= 400 && afterFirst < rows, "SIGTERM landed mid-stream: \(afterFirst)")
-
-                    let log2 = directory.appendingPathComponent("2.log").path
-                    let second = try BackgroundCommand([Self.binary, "relay"], environment: environment, logFile: log2)
-                    let deadline2 = ContinuousClock.now + .seconds(60)
-                    while try await sent() < rows, ContinuousClock.now < deadline2 {
-                        try await Task.sleep(for: .milliseconds(50))
-                    }
-                    #expect(await second.stop(SIGTERM) == 0)
-                    #expect(try await sent() == rows)
-                    // The queue holds each row's message once: every row was sent (at least once), and
-                    // the queue has exactly as many messages as rows.
-                    var topology = try AMQPTopology.load(
-                        from: TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json"))
-                    topology.workQueues = topology.workQueues.filter { $0.name == "cloudscan.dispatch" }
-                    #expect(try await topology.depths(broker: broker)["cloudscan.dispatch"] == rows)
+        try await Self.withProcessFixture("drainrl", queue: "cloudscan.dispatch") { f in
+            let (broker, app, org, directory, environment) = (
+                f.broker, f.app, f.organization, f.directory, f.environment
+            )
+            let rows = 8000
+            try await app.withTransaction(organizationID: org) { c in
+                try await c.execute(
+                    """
+                    INSERT INTO outbox (organization_id, message_id, exchange, routing_key, message_type, payload)
+                    SELECT \(org), gen_random_uuid(), 'cloudscan.commands', 'scan.create', 'scan.create.v1',
+                           jsonb_build_object('n', n)
+                    FROM generate_series(1, \(Int32(rows))) AS n
+                    """)
+            }
+            func sent() async throws -> Int {
+                try await app.withTransaction(organizationID: org) { c in
+                    try await c.query("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL").single()
+                        .decode(Int.self, at: 0)
                 }
             }
+            let log1 = directory.appendingPathComponent("1.log").path
+            let first = try BackgroundCommand([Self.binary, "relay"], environment: environment, logFile: log1)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try await sent() < 400, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(await first.stop(SIGTERM) == 0, "drained and exited 0: \(Self.log(log1).suffix(1500))")
+            let afterFirst = try await sent()
+            #expect(afterFirst >= 400 && afterFirst < rows, "SIGTERM landed mid-stream: \(afterFirst)")
+
+            let log2 = directory.appendingPathComponent("2.log").path
+            let second = try BackgroundCommand([Self.binary, "relay"], environment: environment, logFile: log2)
+            let deadline2 = ContinuousClock.now + .seconds(60)
+            while try await sent() < rows, ContinuousClock.now < deadline2 {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(await second.stop(SIGTERM) == 0)
+            #expect(try await sent() == rows)
+            // The queue holds each row's message once: every row was sent (at least once), and
+            // the queue has exactly as many messages as rows.
+            var topology = try AMQPTopology.load(
+                from: TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json"))
+            topology.workQueues = topology.workQueues.filter { $0.name == "cloudscan.dispatch" }
+            #expect(try await topology.depths(broker: broker)["cloudscan.dispatch"] == rows)
         }
     }
 }
