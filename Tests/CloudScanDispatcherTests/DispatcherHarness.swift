@@ -97,7 +97,8 @@ struct DispatcherHarness {
                         configuration: .init(
                             concurrency: 8,
                             deadLetter: .init(publisher: publisher, exchange: "test.disp.\(id).dlx", routingKey: queue),
-                            delay: .init(publisher: publisher, queue: queue, delaysSeconds: [1, 2])),
+                            delay: .init(publisher: publisher, queue: queue, delaysSeconds: [1, 2]),
+                            metrics: metrics.queue(queue)),
                         logger: logger, handler: handler)
                 }
                 let group = ServiceGroup(

@@ -375,6 +375,23 @@ struct GatewayPublishTests {
             // The scan the gateway's message made is counted as queued, once (the refused one is not).
             let text = String(decoding: h.metrics.render(), as: UTF8.self)
             #expect(text.contains(#"cloudscan_scans_total{status="queued"} 1"#), "\(text.prefix(2000))")
+            // The consumer's own figures: one dead letter (a failure), one ack, nothing left in flight.
+            // (The Job exists a moment before its message is acked.)
+            let queue = h.dispatchQueue
+            let acked = #"cloudscan_messages_handled_total{queue="\#(queue)",outcome="ack"} 1"#
+            try await h.eventually("the ack counted") {
+                String(decoding: h.metrics.render(), as: UTF8.self).contains(acked)
+            }
+            let settled = String(decoding: h.metrics.render(), as: UTF8.self)
+            for line in [
+                #"cloudscan_messages_handled_total{queue="\#(queue)",outcome="dead_letter"} 1"#,
+                #"cloudscan_messages_handled_total{queue="\#(queue)",outcome="ack"} 1"#,
+                #"cloudscan_messages_failed_total{queue="\#(queue)"} 1"#,
+                #"cloudscan_messages_in_flight{queue="\#(queue)"} 0.0"#,
+                #"cloudscan_handler_duration_seconds_count{queue="\#(queue)"} 2"#,
+            ] {
+                #expect(settled.contains(line), "\(line)\n\(settled.prefix(3000))")
+            }
         }
     }
 }

@@ -89,6 +89,41 @@ struct OutboxRelayTests {
         return (ids, count, sample)
     }
 
+    @Test("outbox_lag(): pending counts every unsent row; the lag is the oldest due row's wait, not a retry's backoff")
+    func lag() async throws {
+        try await TestDatabase.withSchema("olag", migrated: true) { db in
+            try await TestDatabase.withClient(db.appConfiguration()) { app in
+                let (org, _) = try await TestDatabase.seedOrganization(app)
+                func lag() async throws -> (Int, Int, Double) {
+                    let row = try await app.query("SELECT pending, due, oldest_due_seconds FROM outbox_lag()").single()
+                    return (
+                        try row.decode(Int.self, at: 0), try row.decode(Int.self, at: 1),
+                        try row.decode(Double.self, at: 2)
+                    )
+                }
+                let empty = try await lag()
+                #expect(empty.0 == 0 && empty.1 == 0 && empty.2 == 0)
+                try await app.withTransaction(organizationID: org) { c in
+                    for (available, sent) in [
+                        ("-60 seconds", false), ("-5 seconds", false), ("+600 seconds", false), ("-900 seconds", true),
+                    ] {
+                        try await c.execute(
+                            """
+                            INSERT INTO outbox (organization_id, message_id, exchange, routing_key, message_type, payload,
+                                                available_at, sent_at)
+                            VALUES (\(org), gen_random_uuid(), 'cloudscan.commands', 'scan.create', 'scan.create.v1', '{}',
+                                    now() + \(available)::interval, CASE WHEN \(sent) THEN now() END)
+                            """)
+                    }
+                }
+                let (pending, due, oldest) = try await lag()
+                #expect(pending == 3, "unsent rows, the one held back included")
+                #expect(due == 2, "the held-back retry is not due")
+                #expect(oldest >= 59 && oldest < 120, "the oldest due row waited ~60 s, not 900 (sent): \(oldest)")
+            }
+        }
+    }
+
     @Test("an event nobody subscribes to is sent (not mandatory); an unroutable command is not, and waits")
     func unroutable() async throws {
         try await TestDatabase.withSchema("relayroute", migrated: true) { db in
