@@ -142,6 +142,8 @@ let package = Package(
             name: "CloudScanService",
             dependencies: [
                 "CloudScanCore",
+                "CloudScanAuth",
+                "CloudScanHTTP",
                 "CloudScanPostgres",
                 "CloudScanStore",
                 .product(name: "Logging", package: "swift-log"),
@@ -168,6 +170,7 @@ let package = Package(
             name: "CloudScanGRPC",
             dependencies: [
                 "CloudScanCore",
+                "CloudScanPostgres",
                 "CloudScanService",
                 "CloudScanAuth",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -241,6 +244,7 @@ let package = Package(
                 "CloudScanAuth",
                 "CloudScanGRPC",
                 "CloudScanRunner",
+                "CloudScanHTTP",
                 "CloudScanArchive",
                 "CloudScanMetrics",
                 "CloudScanDispatcher",
@@ -313,7 +317,8 @@ let package = Package(
             name: "CloudScanWorkersTests",
             dependencies: [
                 "CloudScanWorkers", "CloudScanService", "CloudScanCore", "CloudScanAMQP", "CloudScanPostgres",
-                "CloudScanAuth", "CloudScanTestSupport", .product(name: "Logging", package: "swift-log"),
+                "CloudScanAuth", "CloudScanHTTP", "CloudScanTestSupport",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

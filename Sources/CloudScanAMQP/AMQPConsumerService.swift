@@ -174,7 +174,7 @@ public struct AMQPConsumerService: Service {
                     break
                 }
                 var copy = delivery.message
-                copy.headers["x-cloudscan-delays"] = String((Int(copy.headers["x-cloudscan-delays"] ?? "") ?? 0) + 1)
+                copy.headers["x-cloudscan-delays"] = String(Self.delayCount(copy.headers) + 1)
                 copy.headers["x-cloudscan-delay-reason"] = reason
                 copy.headers["x-cloudscan-original-routing-key"] =
                     copy.headers["x-cloudscan-original-routing-key"] ?? delivery.routingKey
@@ -227,5 +227,17 @@ extension AMQPDelivery {
             fields["organization_id"] = organization
         }
         return fields
+    }
+}
+
+extension AMQPConsumerService {
+    /// How many times a message was parked in a delay tier (`x-cloudscan-delays`), read from
+    /// outside: anything not a small non-negative number counts as 0, so neither arithmetic nor
+    /// an index built from it can go wrong.
+    public static func delayCount(_ headers: [String: String]) -> Int {
+        guard let text = headers["x-cloudscan-delays"], text.utf8.count <= 6, let value = Int(text), value >= 0 else {
+            return 0
+        }
+        return value
     }
 }

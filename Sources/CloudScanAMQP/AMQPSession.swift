@@ -236,7 +236,9 @@ final class AMQPSession {
         set(message.appID, CS_AMQP_FLAG_APP_ID, \.app_id)
         if let value = message.timestamp {
             flags |= CS_AMQP_FLAG_TIMESTAMP
-            properties.timestamp = UInt64(max(0, value.timeIntervalSince1970))
+            // A timestamp from outside may be anything a Double holds: clamp before converting.
+            let seconds = value.timeIntervalSince1970
+            properties.timestamp = seconds.isFinite && seconds > 0 ? UInt64(min(seconds, 253_402_300_799)) : 0
         }
         if !message.headers.isEmpty {
             flags |= CS_AMQP_FLAG_HEADERS

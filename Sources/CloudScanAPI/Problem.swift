@@ -1,5 +1,6 @@
 import CloudScanCore
 import CloudScanMetrics
+import CloudScanPostgres
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -71,6 +72,11 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as any HTTPResponseError {
             throw error
+        } catch let error as PostgresError where error.isDataError {
+            // The request's values, refused by the store (a check the validation missed): the
+            // caller's fault, so a 400, never a 500 — logged so the missing check gets written.
+            context.logger.warning("request data refused by PostgreSQL", metadata: ["error": "\(error)"])
+            throw Problem(.badRequest, title: "Invalid request", detail: "a value in the request was refused")
         } catch {
             context.logger.error("request failed", metadata: ["error": "\(error)"])
             throw Problem(.internalServerError, title: "Internal error", detail: "the request could not be completed")

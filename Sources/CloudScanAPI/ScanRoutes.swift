@@ -10,7 +10,7 @@ import Logging
 /// The HTTP API: `/api/v1/scans…`, `/healthz`, `/readyz`.
 public struct ScanAPI: Sendable {
     /// Largest request body accepted.
-    public static let maximumBodyBytes = 64 * 1024
+    public static let maximumBodyBytes = ScanCreateMessage.maximumBodyBytes
 
     let service: ScanService
     let authenticator: any Authenticator
@@ -73,18 +73,22 @@ public struct ScanAPI: Sendable {
             return Self.json(ScanJSON.encode(scan))
         }
         let webhooks = router.group("/api/v1/webhooks")
+        // Managing webhooks (where scan results are sent, with which secret) is the
+        // organization admins' business, as projects are.
         webhooks.post { request, context in
-            let caller = try await authenticator.authenticate(request, context)
+            let caller = try await organizationAdmin(request, context)
             let create = try WebhookJSON.decodeCreate(Data(buffer: try await Self.body(of: request)))
             let created = try await mapped {
-                try await service.webhooks.create(organizationID: caller.organizationID, request: create)
+                try await service.webhooks.create(
+                    organizationID: caller.organizationID, request: create,
+                    actor: AdminActor(subject: caller.subject, via: "http"))
             }
             var response = Self.json(WebhookJSON.encode(created), status: .created)
             response.headers[.location] = "/api/v1/webhooks/\(created.id.uuidString.lowercased())"
             return response
         }
         webhooks.get { request, context in
-            let caller = try await authenticator.authenticate(request, context)
+            let caller = try await organizationAdmin(request, context)
             let items = try await mapped { try await service.webhooks.list(organizationID: caller.organizationID) }
             var out = JSONText()
             out.raw("{\"items\":[")
@@ -96,11 +100,15 @@ public struct ScanAPI: Sendable {
             return Self.json(out)
         }
         webhooks.delete("{id}") { request, context in
-            let caller = try await authenticator.authenticate(request, context)
+            let caller = try await organizationAdmin(request, context)
             guard let text = context.parameters.get("id"), let id = UUID(uuidString: text) else {
                 throw Problem(.notFound, title: "Not found", detail: "no such webhook subscription")
             }
-            try await mapped { try await service.webhooks.delete(organizationID: caller.organizationID, id: id) }
+            try await mapped {
+                try await service.webhooks.delete(
+                    organizationID: caller.organizationID, id: id,
+                    actor: AdminActor(subject: caller.subject, via: "http"))
+            }
             return Response(status: .noContent)
         }
         addAdminRoutes(to: router)

@@ -55,9 +55,14 @@ public struct ArchiveLimits: Sendable {
 
 /// Extracts tar, tar.gz and zip archives into an empty directory, refusing anything that could
 /// write or point outside it: absolute paths, `..`, links that resolve outside, device files;
-/// with caps on total size, file count and compression ratio. Symbolic links are created after
-/// every file is written, so no write ever goes through one, and each is checked with
-/// `realpath` once made.
+/// with caps on total size, file count and compression ratio.
+///
+/// Nothing is ever created through a path string. Every entry is made relative to a directory
+/// descriptor reached from the root one component at a time with `O_DIRECTORY|O_NOFOLLOW`
+/// (`mkdirat`, `openat`, `symlinkat`, `linkat`), so a symbolic link made by an earlier entry is
+/// never followed while extracting: an entry "under" a link is refused, whatever the link says.
+/// Once every entry is out, each link's target is resolved inside the root (links through links,
+/// as the kernel would follow them later) and the archive is refused if one climbs out.
 public enum ArchiveExtractor {
     public struct Summary: Sendable, Equatable {
         public var files: Int
@@ -75,7 +80,7 @@ public enum ArchiveExtractor {
         defer { try? handle.close() }
         let head = try handle.read(upToCount: 512) ?? Data()
         try handle.seek(toOffset: 0)
-        let compressedSize = Int(try handle.seekToEnd())
+        let compressedSize = Int(clamping: try handle.seekToEnd())
         try handle.seek(toOffset: 0)
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let writer = try TreeWriter(root: root, limits: limits, compressedSize: compressedSize)
@@ -120,29 +125,39 @@ public enum ArchiveExtractor {
 
 // MARK: - Writing the tree
 
-/// Writes entries under the root, enforcing the caps.
+/// Writes entries under the root through directory descriptors, enforcing the caps.
 final class TreeWriter {
-    let root: String
-    let realRoot: String
     let limits: ArchiveLimits
     let compressedSize: Int
     private(set) var summary = ArchiveExtractor.Summary(files: 0, directories: 0, symlinks: 0, bytes: 0)
-    private var regularFiles: Set<String> = []
-    private var directories: Set<String> = []
-    private var pendingSymlinks: [(path: String, target: String)] = []
+    private let rootFD: Int32
+    private enum Kind { case file, directory, symlink }
+    /// What this archive made at each relative path (directories made implicitly included).
+    private var kinds: [String: Kind] = [:]
+    private var links: [(path: String, target: String)] = []
+    /// Open descriptors of directories under the root, by relative path; trimmed between entries.
+    private var directoryFDs: [String: Int32] = [:]
 
     init(root: String, limits: ArchiveLimits, compressedSize: Int) throws {
-        self.root = root
         self.limits = limits
         self.compressedSize = max(compressedSize, 1)
-        guard let real = realpath(root, nil) else { throw ArchiveError(.corrupt, "the extraction root is missing") }
-        realRoot = String(cString: real)
-        free(real)
+        rootFD = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard rootFD >= 0 else { throw ArchiveError(.corrupt, "the extraction root cannot be opened") }
+    }
+
+    deinit {
+        for fd in directoryFDs.values { close(fd) }
+        close(rootFD)
     }
 
     private func countEntry() throws {
         if summary.files + summary.directories + summary.symlinks >= limits.maximumFiles {
             throw ArchiveError(.tooManyFiles, "more than \(limits.maximumFiles) entries")
+        }
+        // Between entries no descriptor is in use: keep the cache small.
+        if directoryFDs.count > 64 {
+            for fd in directoryFDs.values { close(fd) }
+            directoryFDs.removeAll()
         }
     }
 
@@ -159,41 +174,90 @@ final class TreeWriter {
         }
     }
 
-    func directory(_ relative: String) throws {
-        try countEntry()
-        try makeDirectories(relative)
+    /// A clean relative path split into its directory ("" for the root) and its last component.
+    private func split(_ relative: String) -> (directory: String, name: String) {
+        guard let slash = relative.lastIndex(of: "/") else { return ("", relative) }
+        return (String(relative[..<slash]), String(relative[relative.index(after: slash)...]))
     }
 
-    private func makeDirectories(_ relative: String) throws {
+    /// The descriptor of a directory under the root, walked one component at a time without
+    /// following any link; with `create`, missing directories are made. Owned by the cache.
+    private func directoryFD(_ relative: String, create: Bool) throws -> Int32 {
+        if relative.isEmpty { return rootFD }
+        if let fd = directoryFDs[relative] { return fd }
+        var parentFD = rootFD
         var current = ""
         for part in relative.split(separator: "/") {
             current = current.isEmpty ? String(part) : current + "/" + part
-            if directories.contains(current) { continue }
-            if regularFiles.contains(current) {
-                throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(current)) is both a file and a directory")
+            if let cached = directoryFDs[current] {
+                parentFD = cached
+                continue
             }
-            if mkdir(root + "/" + current, 0o755) != 0 && errno != EEXIST {
-                throw ArchiveError(.corrupt, "cannot create \(ArchiveExtractor.quoted(current)): \(errnoText())")
+            let name = String(part)
+            if create && kinds[current] == nil {
+                if mkdirat(parentFD, name, 0o755) == 0 {
+                    kinds[current] = .directory
+                    summary.directories += 1
+                } else if errno != EEXIST {
+                    throw ArchiveError(.corrupt, "cannot create \(ArchiveExtractor.quoted(current)): \(errnoText())")
+                }
             }
-            directories.insert(current)
-            summary.directories += 1
+            let fd = openat(parentFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else {
+                let failure = errno
+                if kinds[current] == .symlink || failure == ELOOP {
+                    throw ArchiveError(
+                        .linkEscape,
+                        "\(ArchiveExtractor.quoted(relative)) passes through the symbolic link \(ArchiveExtractor.quoted(current))"
+                    )
+                }
+                if kinds[current] == .file || failure == ENOTDIR {
+                    throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(current)) is both a file and a directory")
+                }
+                throw ArchiveError(.corrupt, "cannot open \(ArchiveExtractor.quoted(current)): \(errnoText())")
+            }
+            directoryFDs[current] = fd
+            parentFD = fd
         }
+        return parentFD
     }
 
-    /// Opens a regular file for writing (replacing an earlier entry of the same name).
+    func directory(_ relative: String) throws {
+        try countEntry()
+        if kinds[relative] == .file || kinds[relative] == .symlink {
+            throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(relative)) is both a directory and a file or link")
+        }
+        _ = try directoryFD(relative, create: true)
+    }
+
+    /// Makes room for an entry at `relative`: its parent directories exist, and an earlier
+    /// regular file of the same name is replaced. Returns the parent's descriptor and the name.
+    private func place(_ relative: String, as what: String) throws -> (Int32, String) {
+        let (directory, name) = split(relative)
+        let parent = try directoryFD(directory, create: true)
+        switch kinds[relative] {
+        case .directory?:
+            throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(relative)) is both a directory and \(what)")
+        case .symlink?:
+            throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(relative)) is both a symbolic link and \(what)")
+        case .file?:
+            _ = unlinkat(parent, name, 0)
+            summary.files -= 1
+        case nil:
+            break
+        }
+        return (parent, name)
+    }
+
+    /// Opens a regular file for writing (replacing an earlier file entry of the same name).
     func beginFile(_ relative: String, executable: Bool) throws -> Int32 {
         try countEntry()
-        if let slash = relative.lastIndex(of: "/") { try makeDirectories(String(relative[..<slash])) }
-        if directories.contains(relative) {
-            throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(relative)) is both a directory and a file")
-        }
-        let full = root + "/" + relative
-        if regularFiles.contains(relative) { unlink(full) }
-        let fd = open(full, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, executable ? 0o755 : 0o644)
+        let (parent, name) = try place(relative, as: "a file")
+        let fd = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, executable ? 0o755 : 0o644)
         guard fd >= 0 else {
             throw ArchiveError(.corrupt, "cannot create \(ArchiveExtractor.quoted(relative)): \(errnoText())")
         }
-        regularFiles.insert(relative)
+        kinds[relative] = .file
         summary.files += 1
         return fd
     }
@@ -211,69 +275,103 @@ final class TreeWriter {
         }
     }
 
-    /// A hard link: its target must be a file this archive already wrote; the bytes are copied.
+    /// A hard link to a regular file this archive already wrote: `linkat`, no second copy.
     func hardLink(_ relative: String, target: String) throws {
-        guard let targetPath = try? ArchiveExtractor.safeRelativePath(target), regularFiles.contains(targetPath) else {
+        try countEntry()
+        guard let targetPath = try? ArchiveExtractor.safeRelativePath(target), kinds[targetPath] == .file,
+            targetPath != relative
+        else {
             throw ArchiveError(
                 .linkEscape,
                 "hard link \(ArchiveExtractor.quoted(relative)) points at \(ArchiveExtractor.quoted(target)), not a file of this archive"
             )
         }
-        let data = try Data(contentsOf: URL(fileURLWithPath: root + "/" + targetPath))
-        let fd = try beginFile(relative, executable: false)
-        defer { close(fd) }
-        try write(fd, [UInt8](data))
+        let (targetDirectory, targetName) = split(targetPath)
+        let targetParent = try directoryFD(targetDirectory, create: false)
+        let (parent, name) = try place(relative, as: "a hard link")
+        guard linkat(targetParent, targetName, parent, name, 0) == 0 else {
+            throw ArchiveError(.corrupt, "cannot create \(ArchiveExtractor.quoted(relative)): \(errnoText())")
+        }
+        kinds[relative] = .file
+        summary.files += 1
     }
 
-    /// A symbolic link: made at the end, once no more files are written.
+    /// A symbolic link, made at once: no later entry is ever created through it.
     func symlink(_ relative: String, target: String) throws {
         try countEntry()
-        guard !target.isEmpty, !target.hasPrefix("/"), !target.contains("\0") else {
-            throw ArchiveError(
-                .linkEscape,
-                "symbolic link \(ArchiveExtractor.quoted(relative)) points at \(ArchiveExtractor.quoted(target)), outside the archive"
-            )
+        let escape = ArchiveError(
+            .linkEscape,
+            "symbolic link \(ArchiveExtractor.quoted(relative)) points at \(ArchiveExtractor.quoted(target)), outside the archive"
+        )
+        guard !target.isEmpty, !target.hasPrefix("/"), !target.contains("\0"), target.utf8.count <= 4096 else {
+            throw escape
         }
         // Lexically first: the link's directory joined with the target must stay inside.
         var depth = relative.split(separator: "/").count - 1
         for part in target.split(separator: "/") where part != "." {
             depth += part == ".." ? -1 : 1
-            if depth < 0 {
-                throw ArchiveError(
-                    .linkEscape,
-                    "symbolic link \(ArchiveExtractor.quoted(relative)) points at \(ArchiveExtractor.quoted(target)), outside the archive"
-                )
-            }
+            if depth < 0 { throw escape }
         }
-        pendingSymlinks.append((relative, target))
+        let (parent, name) = try place(relative, as: "a symbolic link")
+        guard symlinkat(target, parent, name) == 0 else {
+            throw ArchiveError(.corrupt, "cannot create link \(ArchiveExtractor.quoted(relative)): \(errnoText())")
+        }
+        kinds[relative] = .symlink
+        links.append((relative, target))
         summary.symlinks += 1
     }
 
-    /// Makes the symbolic links and checks where each really resolves (links through links).
+    /// Checks where each link really resolves, following links through links inside the root;
+    /// on an escape every link is removed and the archive refused.
     func finish() throws {
-        for (relative, target) in pendingSymlinks {
-            if let slash = relative.lastIndex(of: "/") { try makeDirectories(String(relative[..<slash])) }
-            let full = root + "/" + relative
-            if regularFiles.contains(relative) || directories.contains(relative) {
-                throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(relative)) is both a link and a file")
-            }
-            guard Glibc.symlink(target, full) == 0 else {
-                throw ArchiveError(.corrupt, "cannot create link \(ArchiveExtractor.quoted(relative)): \(errnoText())")
-            }
-        }
-        for (relative, target) in pendingSymlinks {
-            let full = root + "/" + relative
-            guard let resolved = realpath(full, nil) else { continue }  // dangling: harmless
-            let path = String(cString: resolved)
-            free(resolved)
-            if path != realRoot && !path.hasPrefix(realRoot + "/") {
-                for (link, _) in pendingSymlinks { unlink(root + "/" + link) }
+        for (relative, target) in links {
+            switch resolve(relative) {
+            case .inside: continue
+            case .outside, .loop:
+                for (link, _) in links {
+                    let (directory, name) = split(link)
+                    if let parent = try? directoryFD(directory, create: false) { _ = unlinkat(parent, name, 0) }
+                }
                 throw ArchiveError(
                     .linkEscape,
                     "symbolic link \(ArchiveExtractor.quoted(relative)) → \(ArchiveExtractor.quoted(target)) resolves outside the archive"
                 )
             }
         }
+    }
+
+    enum Resolution { case inside, outside, loop }
+
+    /// Resolves the link at `relative` the way the kernel would, but beneath the root: a `..`
+    /// above the root or an absolute target is `outside`. Missing components stay lexical.
+    func resolve(_ relative: String) -> Resolution {
+        var stack = relative.split(separator: "/").dropLast().map(String.init)
+        var pending = [relative.split(separator: "/").last.map(String.init) ?? ""]
+        var hops = 0
+        while let part = pending.popLast() {
+            if part.isEmpty || part == "." { continue }
+            if part == ".." {
+                if stack.isEmpty { return .outside }
+                stack.removeLast()
+                continue
+            }
+            let candidate = (stack + [part]).joined(separator: "/")
+            var info = stat()
+            guard fstatat(rootFD, candidate, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFLNK else {
+                stack.append(part)
+                continue
+            }
+            hops += 1
+            if hops > 40 { return .loop }
+            var buffer = [CChar](repeating: 0, count: 4097)
+            let count = readlinkat(rootFD, candidate, &buffer, 4096)
+            guard count > 0, count <= 4096 else { return .outside }
+            let target = String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if target.hasPrefix("/") { return .outside }
+            pending.append(
+                contentsOf: target.split(separator: "/", omittingEmptySubsequences: true).map(String.init).reversed())
+        }
+        return .inside
     }
 }
 

@@ -75,7 +75,8 @@ struct TarReader {
             if header.allSatisfy({ $0 == 0 }) { return }
             try verifyChecksum(header)
             let type = header[156]
-            let size = try paxSize ?? number(header[124..<136])
+            let isMeta = [UInt8(ascii: "L"), UInt8(ascii: "K"), UInt8(ascii: "x"), UInt8(ascii: "g")].contains(type)
+            let size = try (isMeta ? nil : paxSize) ?? number(header[124..<136])
             let name = longName ?? paxPath ?? headerName(header)
             let link = longLink ?? paxLink ?? text(header[157..<257])
             guard size >= 0, size <= writer.limits.maximumTotalBytes else {
@@ -89,11 +90,13 @@ struct TarReader {
                 case UInt8(ascii: "L"): longName = text(data[...])
                 case UInt8(ascii: "K"): longLink = text(data[...])
                 case UInt8(ascii: "x"):
-                    let records = parsePax(data)
+                    let records = try parsePax(data)
                     paxPath = records["path"] ?? paxPath
                     paxLink = records["linkpath"] ?? paxLink
                     if let value = records["size"] {
-                        guard let parsed = Int(value) else { throw ArchiveError(.corrupt, "a bad pax size") }
+                        guard !value.isEmpty, value.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                            let parsed = Int(value)
+                        else { throw ArchiveError(.corrupt, "a bad pax size") }
                         paxSize = parsed
                     }
                 default: break  // global pax headers carry nothing we use
@@ -209,15 +212,20 @@ struct TarReader {
         return value
     }
 
-    /// `"<length> <key>=<value>\n"` records.
-    private func parsePax(_ data: [UInt8]) -> [String: String] {
+    /// `"<length> <key>=<value>\n"` records, where `<length>` counts the whole record. A record
+    /// that does not fit that shape makes the archive corrupt (never an index out of range).
+    func parsePax(_ data: [UInt8]) throws -> [String: String] {
         var records: [String: String] = [:]
         var index = 0
         while index < data.count {
-            guard let space = data[index...].firstIndex(of: 32),
-                let length = Int(String(decoding: data[index..<space], as: UTF8.self)), length > 0,
-                index + length <= data.count
-            else { break }
+            if data[index] == 0 { break }  // padding some writers leave
+            let damaged = ArchiveError(.corrupt, "a pax extended header record is damaged")
+            guard let space = data[index...].prefix(21).firstIndex(of: 32), space > index,
+                data[index..<space].allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                let length = Int(String(decoding: data[index..<space], as: UTF8.self)),
+                length >= space - index + 2, length <= data.count - index,
+                data[index + length - 1] == 0x0a
+            else { throw damaged }
             let record = String(decoding: data[(space + 1)..<(index + length - 1)], as: UTF8.self)
             if let equals = record.firstIndex(of: "=") {
                 records[String(record[..<equals])] = String(record[record.index(after: equals)...])

@@ -61,9 +61,11 @@ struct ZipReader {
                 .specialFile, "entry \(ArchiveExtractor.quoted(entry.name)) is a device, FIFO or socket")
         }
         guard let relative else { throw ArchiveError(.pathEscape, "an entry names the root") }
-        let data = try entryData(entry)
         if fileType == 0o120000 {
-            guard data.count <= 4096 else { throw ArchiveError(.corrupt, "a link target is over 4096 bytes") }
+            guard entry.uncompressedSize <= 4096 else {
+                throw ArchiveError(.corrupt, "a link target is over 4096 bytes")
+            }
+            let data = try entryData(entry)
             try writer.symlink(relative, target: String(decoding: data, as: UTF8.self))
             return
         }

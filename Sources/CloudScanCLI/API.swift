@@ -95,6 +95,11 @@ struct APIParts {
         var service = ScanService(client: client, logger: logger)
         service.autoCreateProjectsDefault =
             (environment["AUTO_CREATE_PROJECTS_DEFAULT"] ?? (insecureDevelopmentAuth ? "true" : "false")) == "true"
+        service.artifactPolicy = try FleetSettings.artifactPolicy(
+            environment, development: insecureDevelopmentAuth, logger: logger)
+        service.webhookScreen = try FleetSettings.webhookScreen(environment, development: insecureDevelopmentAuth)
+        service.webhookSecrets = try FleetSettings.webhookSecrets(
+            environment, development: insecureDevelopmentAuth, logger: logger)
         let readiness: @Sendable () async -> [String: Bool] = {
             let postgres = (try? await client.query("SELECT 1")) != nil
             let amqp = (try? await AMQPProbe.serverProperties(broker)) != nil
@@ -130,7 +135,8 @@ struct APIParts {
         let grpc = GRPCServerService(
             host: listenHost, port: grpcListenPort, tls: tls,
             services: [
-                scanRPCs, WebhookGRPCService(scans: scanRPCs), AdminGRPCService(scans: scanRPCs, policy: policy),
+                scanRPCs, WebhookGRPCService(scans: scanRPCs, policy: policy),
+                AdminGRPCService(scans: scanRPCs, policy: policy),
                 HealthService(readiness: readiness), ReflectionServiceV1(), ReflectionServiceV1Alpha(),
             ], logger: logger)
         logger.info(

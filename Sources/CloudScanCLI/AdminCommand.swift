@@ -15,7 +15,42 @@ struct AdminCommand: AsyncParsableCommand {
         abstract: "Administer organizations and projects (straight against PostgreSQL; every change audited).",
         subcommands: [
             OrganizationCommands.self, ProjectCommands.self, AuditCommand.self, TokenCommand.self,
+            WebhookSecretsCommand.self,
         ])
+}
+
+/// `cloudscan admin webhook-secrets reseal`: every webhook secret sealed under the first key of
+/// WEBHOOK_SECRET_KEYS (key rotation; sealing secrets stored before encryption at rest).
+struct WebhookSecretsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "webhook-secrets", abstract: "Webhook signing secrets at rest.",
+        subcommands: [Reseal.self])
+
+    struct Reseal: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract:
+                "Seal every webhook secret under the first key of WEBHOOK_SECRET_KEYS (the others still open old values)."
+        )
+        @OptionGroup var options: AdminOptions
+
+        func run() async throws {
+            guard let box = try FleetSettings.webhookSecrets(FleetSettings.values) else {
+                throw CommandFailure(description: "WEBHOOK_SECRET_KEYS is not set")
+            }
+            let report = try await options.withService { try await $0.resealWebhookSecrets(with: box) }
+            options.printRecord(
+                .object([
+                    "key": .string(box.currentKeyID), "resealed": .int(report.resealed),
+                    "already_current": .int(report.current),
+                    "unopenable": .array(report.unopenable.map { .string($0.uuidString.lowercased()) }),
+                ]))
+            if !report.unopenable.isEmpty {
+                throw CommandFailure(
+                    description:
+                        "\(report.unopenable.count) secrets did not open with the listed keys (kept as they were)")
+            }
+        }
+    }
 }
 
 /// What every admin subcommand shares: the database, the output format, the audit actor.

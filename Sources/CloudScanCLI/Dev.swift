@@ -54,7 +54,7 @@ struct Dev: AsyncParsableCommand {
             relay: true, logger: logger)
         let dispatcher = try DispatcherParts(
             database: configuration, broker: broker, backend: .local, topology: loadedTopology, concurrency: 4,
-            logger: logger)
+            development: true, logger: logger)
         let writers = try WriterParts(
             roles: [.findings, .status], database: configuration, broker: broker, topology: loadedTopology,
             tokens: try runnerTokenMinter(FleetSettings.values, development: true, logger: logger),
@@ -69,7 +69,7 @@ struct Dev: AsyncParsableCommand {
             topology: loadedTopology, broker: broker, metrics: ProcessMetrics.shared,
             interval: min(sweeperSettings.interval, .seconds(5)), logger: logger)
         let notifier = try NotifierParts(
-            database: configuration, broker: broker, topology: loadedTopology, logger: logger)
+            database: configuration, broker: broker, topology: loadedTopology, development: true, logger: logger)
         // Retention, daily at CLEANER_AT (UTC, default 00:00), on the sweeper's client.
         let environment = FleetSettings.values
         let storage = ArtifactResolver(storageURL: environment["STORAGE_URL"], token: environment["STORAGE_TOKEN"])

@@ -20,7 +20,8 @@ struct DispatcherParts {
 
     init(
         database: PostgresConfiguration, broker: AMQPConfiguration, backend kind: BackendKind, topology: AMQPTopology,
-        concurrency: Int, environment: [String: String] = FleetSettings.values, logger: Logger
+        concurrency: Int, environment: [String: String] = FleetSettings.values, development: Bool = false,
+        logger: Logger
     ) throws {
         var database = database
         database.maximumConnections = max(database.maximumConnections, concurrency * 2 + 2)
@@ -69,7 +70,9 @@ struct DispatcherParts {
         }
         let dispatcher = Dispatcher(
             client: self.client, backend: backend,
-            artifacts: ArtifactResolver(storageURL: environment["STORAGE_URL"], token: environment["STORAGE_TOKEN"]),
+            artifacts: ArtifactResolver(
+                storageURL: environment["STORAGE_URL"], token: environment["STORAGE_TOKEN"],
+                policy: try FleetSettings.artifactPolicy(environment, development: development, logger: logger)),
             tokens: try RunnerTokenMinter(secret: secret), configuration: .init(metrics: ProcessMetrics.shared),
             logger: logger)
         func consumer(_ queue: String, _ handler: @escaping AMQPConsumerService.Handler) throws -> AMQPConsumerService {

@@ -1,5 +1,9 @@
 import ArgumentParser
+import CloudScanAuth
+import CloudScanCore
+import CloudScanHTTP
 import Foundation
+import Logging
 import Yams
 
 /// Every role's settings, one way: flags (each command's own) > environment > config.yaml >
@@ -69,5 +73,74 @@ enum FleetSettings {
             throw ValidationError("\(named): '\(text)' is not a whole number \(bound)")
         }
         return value
+    }
+
+    /// Which artifact URLs this role accepts: https and s3; `ARTIFACT_HTTPS_HOSTS` (comma-separated,
+    /// `*.example.com` allowed) narrows https to those hosts; `ARTIFACT_FILE_ROOTS`
+    /// (comma-separated directories, `{organization_id}` allowed) admits file URLs under them.
+    /// `ARTIFACT_POLICY=development` (and `cloudscan dev`) accepts http and files anywhere.
+    static func artifactPolicy(
+        _ values: [String: String] = values, development: Bool = false, logger: Logger? = nil
+    ) throws -> ArtifactPolicy {
+        func list(_ key: String) -> [String] {
+            (values[key] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+                !$0.isEmpty
+            }
+        }
+        switch values["ARTIFACT_POLICY"] ?? "" {
+        case "development":
+            logger?.critical(
+                "ARTIFACT_POLICY=development: http and file artifacts anywhere are accepted. Development only.")
+            return .development
+        case "", "standard":
+            break
+        default:
+            throw ValidationError("ARTIFACT_POLICY: 'standard' (the default) or 'development'")
+        }
+        if development { return .development }
+        let roots = list("ARTIFACT_FILE_ROOTS")
+        if let bad = roots.first(where: {
+            !$0.hasPrefix("/") || ArtifactPolicy.cleanFilePath("file://" + ($0 == "/" ? "/x" : $0)) == nil
+        }) {
+            throw ValidationError("ARTIFACT_FILE_ROOTS: '\(bad)' is not a clean absolute directory")
+        }
+        return ArtifactPolicy(fileRoots: roots, httpsHosts: list("ARTIFACT_HTTPS_HOSTS"))
+    }
+
+    /// Networks webhooks may reach although internal: `WEBHOOK_ALLOWED_NETWORKS` (comma-separated
+    /// CIDRs, e.g. `127.0.0.0/8` for a receiver on the same machine); loopback in development.
+    static func webhookScreen(_ values: [String: String] = values, development: Bool = false) throws
+        -> DestinationScreen
+    {
+        var screen = development ? DestinationScreen.development : DestinationScreen()
+        for item in (values["WEBHOOK_ALLOWED_NETWORKS"] ?? "").split(separator: ",") {
+            let text = item.trimmingCharacters(in: .whitespaces)
+            guard let network = IPNetwork(text) else {
+                throw ValidationError("WEBHOOK_ALLOWED_NETWORKS: '\(text)' is not an address or CIDR network")
+            }
+            screen.allowedNetworks.append(network)
+        }
+        return screen
+    }
+
+    /// The keys that seal webhook secrets at rest: `WEBHOOK_SECRET_KEYS=<id>:<base64 of 32
+    /// bytes>[,…]`, the first sealing, all opening. Unset in development: a fixed development key;
+    /// unset elsewhere: none (subscriptions cannot be created, sealed secrets cannot be opened).
+    static func webhookSecrets(_ values: [String: String] = values, development: Bool = false, logger: Logger? = nil)
+        throws -> SecretBox?
+    {
+        if let text = values["WEBHOOK_SECRET_KEYS"], !text.isEmpty {
+            do {
+                return try SecretBox.parse(text)
+            } catch {
+                throw ValidationError("WEBHOOK_SECRET_KEYS: \(error)")
+            }
+        }
+        if development {
+            logger?.warning("WEBHOOK_SECRET_KEYS is not set: webhook secrets are sealed with the development key")
+            return .development
+        }
+        logger?.warning("WEBHOOK_SECRET_KEYS is not set: webhook subscriptions cannot be created or delivered")
+        return nil
     }
 }

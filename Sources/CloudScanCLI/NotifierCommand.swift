@@ -17,7 +17,7 @@ struct NotifierParts {
 
     init(
         database: PostgresConfiguration, broker: AMQPConfiguration, topology: AMQPTopology,
-        environment: [String: String] = FleetSettings.values, logger: Logger
+        environment: [String: String] = FleetSettings.values, development: Bool = false, logger: Logger
     ) throws {
         let queue = "cloudscan.notify"
         let concurrency = try FleetSettings.integer("NOTIFY_CONCURRENCY", 16, from: environment)
@@ -33,7 +33,9 @@ struct NotifierParts {
             configuration: .init(
                 queue: queue, retryDelaysSeconds: delays,
                 timeout: .seconds(
-                    try FleetSettings.integer("WEBHOOK_TIMEOUT_SECONDS", 10, in: 1...300, from: environment))),
+                    try FleetSettings.integer("WEBHOOK_TIMEOUT_SECONDS", 10, in: 1...300, from: environment)),
+                screen: try FleetSettings.webhookScreen(environment, development: development),
+                secrets: try FleetSettings.webhookSecrets(environment, development: development, logger: logger)),
             logger: logger)
         service = try AMQPConsumerService.workQueue(
             queue, broker: broker, publisher: publisher, topology: topology, concurrency: concurrency,

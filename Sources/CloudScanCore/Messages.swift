@@ -361,3 +361,46 @@ public struct WebhookDeliveryMessage: Codable, Sendable, Hashable {
         self.event = event
     }
 }
+
+extension ScanCreateMessage {
+    /// The same cap as the HTTP API's request body: a gateway publishing straight to the broker
+    /// is held to what the API would accept.
+    public static let maximumBodyBytes = 64 * 1024
+
+    /// What decoding does not check of scan.create.v1 as published: the size, members the schema
+    /// does not know (`additionalProperties: false` at every level) and `metadata`'s bounds. Nil
+    /// when the body has the schema's shape; otherwise why not, naming the field.
+    public static func wireProblem(_ body: [UInt8]) -> String? {
+        guard body.count <= maximumBodyBytes else { return "body: over \(maximumBodyBytes) bytes" }
+        guard let parsed = try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed]) else {
+            return "body: not JSON"
+        }
+        guard let object = parsed as? [String: Any] else { return "body: not a JSON object" }
+        func unknown(_ members: [String: Any], _ allowed: Set<String>, in prefix: String) -> String? {
+            members.keys.sorted().first(where: { !allowed.contains($0) }).map {
+                "\(prefix)\($0.prefix(64)): not a field of scan.create.v1"
+            }
+        }
+        let top: Set = [
+            "scan_id", "organization_id", "project", "scan_types", "artifact", "requested_at", "timeout_seconds",
+            "labels", "metadata",
+        ]
+        if let problem = unknown(object, top, in: "") { return problem }
+        if let project = object["project"] as? [String: Any],
+            let problem = unknown(project, ["id", "external_key"], in: "project.")
+        {
+            return problem
+        }
+        if let artifact = object["artifact"] as? [String: Any],
+            let problem = unknown(artifact, ["url", "sha256"], in: "artifact.")
+        {
+            return problem
+        }
+        if let metadata = object["metadata"] {
+            guard let members = metadata as? [String: Any], members.count <= 64 else {
+                return "metadata: an object of at most 64 members"
+            }
+        }
+        return nil
+    }
+}

@@ -90,8 +90,10 @@ public struct CreateScanRequest: Sendable, Hashable, Codable {
         if project.id == nil && (project.externalKey ?? "").isEmpty {
             throw .invalidArgument(field: "project", "give a project id or external_key")
         }
-        if let key = project.externalKey, key.count > 200 {
-            throw .invalidArgument(field: "project.external_key", "at most 200 characters")
+        if let key = project.externalKey,
+            key.count > 200 || key.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
+        {
+            throw .invalidArgument(field: "project.external_key", "at most 200 characters, no control characters")
         }
         var types: [ScanType] = []
         for text in scanTypes {
@@ -103,10 +105,13 @@ public struct CreateScanRequest: Sendable, Hashable, Codable {
             types.append(type)
         }
         let schemes = ["https://", "http://", "file://", "s3://"]
-        if artifactURL.isEmpty || artifactURL.utf8.count > 2048 || !schemes.contains(where: artifactURL.hasPrefix) {
-            throw .invalidArgument(field: "artifact.url", "an https, http, file or s3 URL of at most 2048 bytes")
+        if artifactURL.isEmpty || artifactURL.utf8.count > 2048 || !schemes.contains(where: artifactURL.hasPrefix)
+            || !ASCII.isVisible(artifactURL)
+        {
+            throw .invalidArgument(
+                field: "artifact.url", "an https, http, file or s3 URL of at most 2048 printable ASCII bytes")
         }
-        if let sha = artifactSHA256, sha.count != 64 || !sha.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) {
+        if let sha = artifactSHA256, !ASCII.isLowercaseHex(sha, count: 64) {
             throw .invalidArgument(field: "artifact.sha256", "64 lowercase hex characters")
         }
         if let timeout = timeoutSeconds, !(30...86_400).contains(timeout) {

@@ -17,7 +17,7 @@ public struct TraceContext: Sendable, Hashable {
         let parts = traceparent.trimmingCharacters(in: .whitespaces).lowercased().split(
             separator: "-", omittingEmptySubsequences: false)
         guard parts.count >= 4, parts[0].count == 2, parts[0] != "ff", parts[1].count == 32, parts[2].count == 16,
-            parts[3].count == 2, parts.prefix(4).allSatisfy({ $0.allSatisfy(\.isHexDigit) }),
+            parts[3].count == 2, parts.prefix(4).allSatisfy({ ASCII.isLowercaseHex($0) }),
             parts[0] != "00" || parts.count == 4,
             parts[1] != String(repeating: "0", count: 32), parts[2] != String(repeating: "0", count: 16)
         else { return nil }

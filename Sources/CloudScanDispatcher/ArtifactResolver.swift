@@ -1,3 +1,4 @@
+import CloudScanCore
 import CloudScanHTTP
 import Foundation
 
@@ -17,16 +18,28 @@ public struct ArtifactResolver: Sendable {
     }
 
     public let storageURL: String?
+    /// What this deployment accepts; checked again here, so a scan created before a stricter
+    /// policy (or by any path) never reaches a runner with a refused URL.
+    public let policy: ArtifactPolicy
     let token: String?
     let http: CurlHTTPClient
 
-    public init(storageURL: String? = nil, token: String? = nil, http: CurlHTTPClient = .init()) {
+    public init(
+        storageURL: String? = nil, token: String? = nil, policy: ArtifactPolicy = .standard,
+        http: CurlHTTPClient = .init()
+    ) {
         self.storageURL = storageURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
         self.token = token
+        self.policy = policy
         self.http = http
     }
 
     public func resolve(_ reference: String, organizationID: UUID) async throws -> Resolved {
+        do {
+            try policy.check(reference, organizationID: organizationID)
+        } catch {
+            throw JobBackendError(permanent: true, reason: "artifact_refused", message: error.message)
+        }
         if ["https://", "http://", "file://"].contains(where: reference.hasPrefix) {
             return Resolved(url: reference, sha256: nil)
         }

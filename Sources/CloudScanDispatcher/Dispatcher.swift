@@ -78,6 +78,9 @@ public struct Dispatcher: Sendable {
         let command: Command
         switch type {
         case MessageType.scanCreate.rawValue:
+            if let problem = ScanCreateMessage.wireProblem(delivery.message.body) {
+                return .deadLetter(reason: "invalid scan.create.v1: \(problem)")
+            }
             guard
                 let message = try? MessageCoding.decoder().decode(
                     ScanCreateMessage.self, from: Data(delivery.message.body))
@@ -94,7 +97,9 @@ public struct Dispatcher: Sendable {
                 return .deadLetter(
                     reason: "invalid scan.retry.v1: \(Self.decodeError(ScanRetryMessage.self, delivery))")
             }
-            guard message.attempt >= 1 else { return .deadLetter(reason: "invalid scan.retry.v1: attempt must be ≥ 1") }
+            guard (1...1000).contains(message.attempt) else {
+                return .deadLetter(reason: "invalid scan.retry.v1: attempt: between 1 and 1000")
+            }
             command = .retry(message)
         default:
             return .deadLetter(
@@ -136,6 +141,14 @@ public struct Dispatcher: Sendable {
                 }
                 try await Task.sleep(for: pause)
                 pause *= 2
+            } catch let error as PostgresError where error.isDataError {
+                // The message's data, not an outage: the same message fails the same way again.
+                logger.warning(
+                    "\(what) refused by PostgreSQL",
+                    metadata: ["scan_id": "\(scanID.uuidString.lowercased())", "error": "\(error)"])
+                return .deadLetter(
+                    reason: "refused by PostgreSQL: SQLSTATE \(error.sqlState ?? "-")"
+                        + (error.constraint.map { " (constraint \($0))" } ?? ""))
             } catch let error as PostgresError {
                 logger.warning(
                     "\(what) failed on PostgreSQL",
@@ -147,7 +160,7 @@ public struct Dispatcher: Sendable {
     }
 
     private func parkAfterOutage(_ delivery: AMQPDelivery, reason: String) -> Outcome {
-        let parked = Int(delivery.message.headers["x-cloudscan-delays"] ?? "") ?? 0
+        let parked = AMQPConsumerService.delayCount(delivery.message.headers)
         let delays = configuration.outageDelaysSeconds
         let seconds = delays.isEmpty ? 5 : delays[min(parked, delays.count - 1)]
         return .delay(seconds: seconds, reason: reason)
@@ -234,7 +247,9 @@ public struct Dispatcher: Sendable {
                 guard case .create(let message) = command else {
                     return .decided(.invalid("scan.retry.v1 for a scan that does not exist"))
                 }
-                if let refusal = try await Self.createFromMessage(c, message, messageID: messageID) {
+                if let refusal = try await Self.createFromMessage(
+                    c, message, messageID: messageID, policy: artifacts.policy)
+                {
                     return .decided(.invalid(refusal))
                 }
                 createdHere.withLock { $0 = true }
@@ -329,15 +344,18 @@ public struct Dispatcher: Sendable {
     /// A scan.create published straight to the exchange: validated as the API validates, then
     /// inserted (queued) — or, if its cancel came first, inserted canceled. Returns why it was
     /// refused, if it was.
-    static func createFromMessage(_ c: PostgresConnection, _ message: ScanCreateMessage, messageID: String?)
-        async throws -> String?
-    {
+    static func createFromMessage(
+        _ c: PostgresConnection, _ message: ScanCreateMessage, messageID: String?, policy: ArtifactPolicy
+    ) async throws -> String? {
         let request = CreateScanRequest(
             project: message.project, scanTypes: message.scanTypes.map(\.rawValue), artifactURL: message.artifact.url,
             artifactSHA256: message.artifact.sha256, timeoutSeconds: message.timeoutSeconds,
             labels: message.labels ?? [:])
         let scanTypes: [ScanType]
-        do { scanTypes = try request.validated() } catch {
+        do {
+            scanTypes = try request.validated()
+            try policy.check(request.artifactURL, organizationID: message.organizationID)
+        } catch {
             return "invalid scan.create.v1: \(error.field.map { "\($0): " } ?? "")\(error.message)"
         }
         let lookup = try await c.query(

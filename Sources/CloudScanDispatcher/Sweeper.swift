@@ -298,7 +298,8 @@ public struct Sweeper: Service {
             }
             if scan.status == .running, scan.heartbeatAge >= configuration.heartbeatTimeout {
                 return .attemptFailed(
-                    reason: "runner_vanished", message: "no runner, and no heartbeat for \(Int(scan.heartbeatAge)) s")
+                    reason: "runner_vanished",
+                    message: "no runner, and no heartbeat for \(Self.wholeSeconds(scan.heartbeatAge)) s")
             }
             return .wait
         }
@@ -306,12 +307,13 @@ public struct Sweeper: Service {
         case .active:
             if scan.status == .dispatched, scan.dispatchedAge >= configuration.startTimeout {
                 return .attemptFailed(
-                    reason: "timed_out", message: "the runner did not start within \(Int(configuration.startTimeout)) s"
+                    reason: "timed_out",
+                    message: "the runner did not start within \(Self.wholeSeconds(configuration.startTimeout)) s"
                 )
             }
             if scan.status == .running, scan.heartbeatAge >= configuration.heartbeatTimeout {
                 return .attemptFailed(
-                    reason: "timed_out", message: "no heartbeat for \(Int(scan.heartbeatAge)) s")
+                    reason: "timed_out", message: "no heartbeat for \(Self.wholeSeconds(scan.heartbeatAge)) s")
             }
             return .wait
         case .succeeded:
@@ -332,6 +334,11 @@ public struct Sweeper: Service {
             guard Self.graceOver(runner, now: now, configuration: configuration) else { return .wait }
             return .fail(reason: reason, message: message)
         }
+    }
+
+    /// Seconds for a message, from a value read from the database (which may be NaN or infinite).
+    static func wholeSeconds(_ value: Double) -> Int {
+        value.isFinite ? Int(min(max(value, 0), 1e12)) : 0
     }
 
     static func graceOver(_ runner: RunnerRecord, now: Date, configuration: Configuration) -> Bool {

@@ -192,7 +192,7 @@ public struct AdminGRPCService: Cloudscan_V1_AdminService.ServiceProtocol {
         out.id = item.id.uuidString.lowercased()
         out.slug = item.slug
         out.name = item.name
-        out.retentionDays = Int32(item.retentionDays)
+        out.retentionDays = Int32(clamping: item.retentionDays)
         out.concurrencyQuota = Int32(clamping: item.concurrencyQuota)
         out.queuedScanCap = Int32(clamping: item.queuedScanCap)
         out.enabledScanTypes = item.enabledScanTypes
@@ -211,7 +211,7 @@ public struct AdminGRPCService: Cloudscan_V1_AdminService.ServiceProtocol {
         out.externalKey = item.externalKey
         out.defaultScanTypes = item.defaultScanTypes
         out.scannerOptionsJson = item.scannerOptions.jsonText
-        out.timeoutSeconds = Int32(item.timeoutSeconds)
+        out.timeoutSeconds = Int32(clamping: item.timeoutSeconds)
         out.archived = item.archived
         out.createdAt = Google_Protobuf_Timestamp(date: item.createdAt)
         out.updatedAt = Google_Protobuf_Timestamp(date: item.updatedAt)

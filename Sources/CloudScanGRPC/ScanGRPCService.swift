@@ -1,5 +1,6 @@
 import CloudScanAuth
 import CloudScanCore
+import CloudScanPostgres
 import CloudScanService
 import Foundation
 import GRPCCore
@@ -239,6 +240,9 @@ public struct ScanGRPCService: Cloudscan_V1_ScanService.ServiceProtocol {
             let prefix = error.field.map { "\($0): " } ?? ""
             return RPCError(code: code, message: prefix + error.message, metadata: metadata)
         case is CancellationError: return RPCError(code: .cancelled, message: "cancelled")
+        case let error as PostgresError where error.isDataError:
+            // The request's values, refused by the store: the caller's fault, never INTERNAL.
+            return RPCError(code: .invalidArgument, message: "a value in the request was refused")
         default: return RPCError(code: .internalError, message: "internal error")
         }
     }

@@ -1,3 +1,4 @@
+import CloudScanAuth
 import CloudScanCore
 import CloudScanService
 import Foundation
@@ -8,20 +9,35 @@ import SwiftProtobuf
 /// `/api/v1/webhooks`, with the scan service's authentication and error mapping.
 public struct WebhookGRPCService: Cloudscan_V1_WebhookService.ServiceProtocol {
     let scans: ScanGRPCService
+    let policy: AdminPolicy
 
-    public init(scans: ScanGRPCService) { self.scans = scans }
+    public init(scans: ScanGRPCService, policy: AdminPolicy = AdminPolicy()) {
+        self.scans = scans
+        self.policy = policy
+    }
+
+    /// Managing webhooks takes the organization-admin role, as projects do.
+    func organizationAdmin(_ caller: Caller) throws {
+        guard policy.isOrganizationAdmin(caller) else {
+            throw RPCError(
+                code: .permissionDenied,
+                message: "requires the \(policy.organizationAdminRole) role of the organization")
+        }
+    }
 
     public func createWebhook(request: ServerRequest<Cloudscan_V1_CreateWebhookRequest>, context: ServerContext)
         async throws -> ServerResponse<Cloudscan_V1_Webhook>
     {
         try await scans.unary("CreateWebhook", request, context) { caller, message in
+            try organizationAdmin(caller)
             let created = try await scans.service.webhooks.create(
                 organizationID: caller.organizationID,
                 request: CreateWebhookRequest(
                     url: message.url, secret: message.secret.isEmpty ? nil : message.secret,
                     events: message.events.isEmpty ? nil : message.events,
                     minimumSeverity: ScanGRPCService.severity(message.minimumSeverity)?.rawValue,
-                    payloadFormat: message.payloadFormat.isEmpty ? nil : message.payloadFormat))
+                    payloadFormat: message.payloadFormat.isEmpty ? nil : message.payloadFormat),
+                actor: AdminActor(subject: caller.subject, via: "grpc"))
             return Self.message(created)
         }
     }
@@ -30,6 +46,7 @@ public struct WebhookGRPCService: Cloudscan_V1_WebhookService.ServiceProtocol {
         async throws -> ServerResponse<Cloudscan_V1_ListWebhooksResponse>
     {
         try await scans.unary("ListWebhooks", request, context) { caller, _ in
+            try organizationAdmin(caller)
             var response = Cloudscan_V1_ListWebhooksResponse()
             response.webhooks = try await scans.service.webhooks.list(organizationID: caller.organizationID).map(
                 Self.message)
@@ -41,10 +58,12 @@ public struct WebhookGRPCService: Cloudscan_V1_WebhookService.ServiceProtocol {
         async throws -> ServerResponse<Cloudscan_V1_DeleteWebhookResponse>
     {
         try await scans.unary("DeleteWebhook", request, context) { caller, message in
+            try organizationAdmin(caller)
             guard let id = UUID(uuidString: message.id) else {
                 throw ScanServiceError(code: .notFound, message: "no such webhook subscription")
             }
-            try await scans.service.webhooks.delete(organizationID: caller.organizationID, id: id)
+            try await scans.service.webhooks.delete(
+                organizationID: caller.organizationID, id: id, actor: AdminActor(subject: caller.subject, via: "grpc"))
             return Cloudscan_V1_DeleteWebhookResponse()
         }
     }

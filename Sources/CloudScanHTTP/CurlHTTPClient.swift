@@ -16,6 +16,10 @@ public struct HTTPRequest: Sendable {
     public var connectTimeout: Duration
     /// Responses larger than this fail with ``HTTPClientError/Code/responseTooLarge``.
     public var maximumResponseBytes: Int
+    /// Addresses pinned for the URL's host, as `HOST:PORT:ADDRESS[,ADDRESS…]` (libcurl's
+    /// `CURLOPT_RESOLVE`): the transfer connects only there, whatever DNS answers meanwhile. A
+    /// caller that checked where a name points pins what it checked, so rebinding cannot move it.
+    public var pinnedAddresses: [String] = []
 
     public init(
         method: String = "GET", url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
@@ -232,10 +236,10 @@ extension CurlHTTPClient {
         return headers
     }
 
-    /// Sets everything but the callbacks. The returned list must outlive the transfer.
+    /// Sets everything but the callbacks. The returned lists must outlive the transfer.
     private static func configure(
         _ handle: UnsafeMutableRawPointer, _ request: HTTPRequest, _ configuration: HTTPClientConfiguration
-    ) -> UnsafeMutablePointer<curl_slist>? {
+    ) -> (UnsafeMutablePointer<curl_slist>?, UnsafeMutablePointer<curl_slist>?) {
         var headerList: UnsafeMutablePointer<curl_slist>?
         for (name, value) in request.headers { headerList = curl_slist_append(headerList, "\(name): \(value)") }
         // Never send `Expect: 100-continue` (an extra round trip on every POST).
@@ -267,7 +271,18 @@ extension CurlHTTPClient {
             _ = cloudscan_curl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
             _ = body.withUnsafeBytes { cloudscan_curl_setopt_ptr(handle, CURLOPT_COPYPOSTFIELDS, $0.baseAddress) }
         }
-        return headerList
+        // Redirects are never followed (a 3xx is the answer), and a pooled handle's pins from an
+        // earlier request are replaced, never inherited.
+        _ = cloudscan_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 0)
+        var resolveList: UnsafeMutablePointer<curl_slist>?
+        for entry in request.pinnedAddresses { resolveList = curl_slist_append(resolveList, entry) }
+        _ = cloudscan_curl_setopt_ptr(handle, CURLOPT_RESOLVE, UnsafeRawPointer(resolveList))
+        if !request.pinnedAddresses.isEmpty {
+            _ = cloudscan_curl_setopt_long(handle, CURLOPT_FRESH_CONNECT, 1)
+        } else {
+            _ = cloudscan_curl_setopt_long(handle, CURLOPT_FRESH_CONNECT, 0)
+        }
+        return (headerList, resolveList)
     }
 
     private static func error(_ code: CURLcode, overflowed: Bool, cancelled: Bool, limit: Int) -> HTTPClientError {
@@ -297,8 +312,11 @@ extension CurlHTTPClient {
         defer { if reusable { pool.give(pooled) } else { curl_easy_cleanup(handle) } }
         let sink = Sink(limit: request.maximumResponseBytes)
         let sinkPointer = Unmanaged.passUnretained(sink).toOpaque()
-        let headerList = configure(handle, request, configuration)
-        defer { curl_slist_free_all(headerList) }
+        let (headerList, resolveList) = configure(handle, request, configuration)
+        defer {
+            curl_slist_free_all(headerList)
+            curl_slist_free_all(resolveList)
+        }
         _ = cloudscan_curl_setopt_write(handle) { data, size, count, userdata in
             let sink = Unmanaged<Sink>.fromOpaque(userdata!).takeUnretainedValue()
             let length = size * count
@@ -342,8 +360,11 @@ extension CurlHTTPClient {
         }
         defer { curl_easy_cleanup(handle) }
         let sinkPointer = Unmanaged.passUnretained(sink).toOpaque()
-        let headerList = configure(handle, request, configuration)
-        defer { curl_slist_free_all(headerList) }
+        let (headerList, resolveList) = configure(handle, request, configuration)
+        defer {
+            curl_slist_free_all(headerList)
+            curl_slist_free_all(resolveList)
+        }
         _ = cloudscan_curl_setopt_write(handle) { data, size, count, userdata in
             let sink = Unmanaged<StreamSink>.fromOpaque(userdata!).takeUnretainedValue()
             let length = size * count

@@ -75,6 +75,13 @@ final class LibPQConnection {
 
     /// Runs one statement with text parameters (extended protocol, `PQexecParams`).
     func execute(_ query: PostgresQuery) throws -> PostgresRows {
+        // libpq takes C strings: a NUL would silently cut the value short. PostgreSQL text cannot
+        // hold NUL either, so refuse it as the server refuses bad text (a data error, 22021).
+        if query.binds.contains(where: { $0.text?.utf8.contains(0) == true }) {
+            throw PostgresError(
+                code: .server, sqlState: "22021", message: "a parameter holds a NUL character, which text cannot store",
+                query: query.sql)
+        }
         let handle = try openHandle(query.sql)
         let count = query.binds.count
         let texts: [UnsafeMutablePointer<CChar>?] = query.binds.map { bind in bind.text.map { strdup($0) } }

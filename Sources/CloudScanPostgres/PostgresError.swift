@@ -60,6 +60,13 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
 
     /// SQLSTATE 23505.
     public var isUniqueViolation: Bool { sqlState == "23505" }
+    /// The statement's data was refused (class 22 data exception, class 23 integrity violation
+    /// other than a unique violation, or 54000 program limit): the same input fails again, so a
+    /// message carrying it is dead-lettered, never retried.
+    public var isDataError: Bool {
+        guard code == .server, let state = sqlState else { return false }
+        return state.hasPrefix("22") || (state.hasPrefix("23") && state != "23505") || state == "54000"
+    }
     /// SQLSTATE 40001 / 40P01: retrying the transaction may succeed.
     public var isSerializationFailure: Bool { sqlState == "40001" || sqlState == "40P01" }
     /// SQLSTATE class 42501 (insufficient privilege, including row-level security refusals).

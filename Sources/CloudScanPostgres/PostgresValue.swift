@@ -300,7 +300,10 @@ enum PostgresDigits {
 enum PostgresTimestamp {
     static func format(_ date: Date) -> String {
         // Whole seconds and the fraction separately: far from 1970 a Double has no microseconds left.
-        let interval = date.timeIntervalSince1970
+        // Outside PostgreSQL's years 1–9999 (and NaN) a value is clamped to the nearest end, so the
+        // conversions below cannot overflow; callers bound dates from outside to that range.
+        let raw = date.timeIntervalSince1970
+        let interval = raw.isNaN ? 0 : min(max(raw, -62_135_596_800), 253_402_300_799)
         var seconds = Int(floor(interval))
         var micros = Int(((interval - floor(interval)) * 1_000_000).rounded())
         if micros >= 1_000_000 {
@@ -310,12 +313,12 @@ enum PostgresTimestamp {
         var tmValue = tm()
         var time = time_t(seconds)
         gmtime_r(&time, &tmValue)
-        func pad(_ value: Int32, _ width: Int) -> String {
+        func pad<Value: BinaryInteger>(_ value: Value, _ width: Int) -> String {
             let s = String(value)
             return String(repeating: "0", count: max(0, width - s.count)) + s
         }
         let microText = String(micros)
-        return "\(pad(tmValue.tm_year + 1900, 4))-\(pad(tmValue.tm_mon + 1, 2))-\(pad(tmValue.tm_mday, 2)) "
+        return "\(pad(Int(tmValue.tm_year) + 1900, 4))-\(pad(tmValue.tm_mon + 1, 2))-\(pad(tmValue.tm_mday, 2)) "
             + "\(pad(tmValue.tm_hour, 2)):\(pad(tmValue.tm_min, 2)):\(pad(tmValue.tm_sec, 2))."
             + String(repeating: "0", count: 6 - microText.count) + microText + "+00"
     }

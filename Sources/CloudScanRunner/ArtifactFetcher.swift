@@ -1,3 +1,4 @@
+import CloudScanCore
 import CloudScanHTTP
 import Crypto
 import Foundation
@@ -10,6 +11,13 @@ public struct ArtifactFetcher: Sendable {
         public var reason: String
         public var message: String
         public var description: String { "\(reason): \(message)" }
+        /// What a caller learns of any artifact that could not be had: missing, unreadable,
+        /// unreachable host, refused connection or an error status all read the same. The detail
+        /// goes to the runner's log only (``detail``).
+        public static let unavailable = FetchError(
+            reason: "artifact_unavailable", message: "the artifact could not be fetched")
+        /// For the log, never for the report.
+        public var detail: String?
     }
 
     public var maximumBytes: Int
@@ -26,19 +34,25 @@ public struct ArtifactFetcher: Sendable {
     public func fetch(url: String, sha256: String?, into directory: String) async throws -> String {
         let path: String
         if url.hasPrefix("file://") {
-            path = URL(string: url)?.path ?? String(url.dropFirst("file://".count))
-            guard FileManager.default.fileExists(atPath: path) else {
-                throw FetchError(reason: "artifact_unavailable", message: "no file at \(path)")
-            }
-            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            // The same one message whether the path is missing, unreadable, a directory or
+            // clean-looking but odd: a reason must not tell whether a path exists.
+            guard let clean = ArtifactPolicy.cleanFilePath(url),
+                let attributes = try? FileManager.default.attributesOfItem(atPath: clean),
+                attributes[.type] as? FileAttributeType == .typeRegular,
+                FileManager.default.isReadableFile(atPath: clean)
+            else { throw FetchError.unavailable }
+            path = clean
+            let size = attributes[.size] as? Int ?? 0
             guard size <= maximumBytes else {
-                throw FetchError(reason: "artifact_too_large", message: "\(size) bytes, over \(maximumBytes)")
+                var failure = FetchError.unavailable
+                failure.detail = "\(size) bytes, over \(maximumBytes)"
+                throw failure
             }
         } else if url.hasPrefix("https://") || url.hasPrefix("http://") {
             path = directory + "/artifact"
             try await download(url, to: path)
         } else {
-            throw FetchError(reason: "artifact_unavailable", message: "unsupported artifact URL scheme")
+            throw FetchError.unavailable
         }
         if let sha256 {
             let actual = try Self.sha256(path: path)
@@ -53,7 +67,7 @@ public struct ArtifactFetcher: Sendable {
     private func download(_ url: String, to path: String) async throws {
         guard FileManager.default.createFile(atPath: path, contents: nil),
             let handle = FileHandle(forWritingAtPath: path)
-        else { throw FetchError(reason: "artifact_unavailable", message: "cannot write \(path)") }
+        else { throw FetchError(reason: "artifact_unavailable", message: "the work directory is not writable") }
         defer { try? handle.close() }
         let limit = maximumBytes
         let request = HTTPRequest(url: url, timeout: timeout, maximumResponseBytes: limit)
@@ -64,10 +78,14 @@ public struct ArtifactFetcher: Sendable {
                 do {
                     response = try await http.stream(request)
                 } catch {
-                    throw FetchError(reason: "artifact_unavailable", message: "\(redacted): \(error)")
+                    var failure = FetchError.unavailable
+                    failure.detail = "\(redacted): \(error)"
+                    throw failure
                 }
                 guard response.status == 200 else {
-                    throw FetchError(reason: "artifact_unavailable", message: "\(redacted) answered \(response.status)")
+                    var failure = FetchError.unavailable
+                    failure.detail = "\(redacted) answered \(response.status)"
+                    throw failure
                 }
                 if let length = response.header("content-length").flatMap(Int.init), length > limit {
                     throw FetchError(reason: "artifact_too_large", message: "\(length) bytes, over \(limit)")
@@ -83,8 +101,9 @@ public struct ArtifactFetcher: Sendable {
             }
             group.addTask {
                 try await Task.sleep(for: timeout)
-                throw FetchError(
-                    reason: "artifact_unavailable", message: "\(redacted): no complete answer in \(timeout)")
+                var failure = FetchError.unavailable
+                failure.detail = "\(redacted): no complete answer in \(timeout)"
+                throw failure
             }
             try await group.next()
             group.cancelAll()
@@ -93,7 +112,7 @@ public struct ArtifactFetcher: Sendable {
 
     static func sha256(path: String) throws -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw FetchError(reason: "artifact_unavailable", message: "cannot read \(path)")
+            throw FetchError.unavailable
         }
         defer { try? handle.close() }
         var hasher = SHA256()

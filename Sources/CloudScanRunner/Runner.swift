@@ -97,8 +97,17 @@ public struct Runner: Sendable {
             logger.info(
                 "artifact extracted", metadata: ["files": "\(summary.files)", "bytes": "\(summary.bytes)"])
         } catch let error as ArtifactFetcher.FetchError {
+            if let detail = error.detail { logger.warning("artifact not fetched", metadata: ["detail": "\(detail)"]) }
             return try await fail(reason: error.reason, message: error.message)
         } catch let error as ArchiveError {
+            // A local file that is not an archive reads as one that is not there: the reason must
+            // not tell which paths exist on the host.
+            if configuration.artifactURL.hasPrefix("file://") && error.reason == .unsupported {
+                logger.warning("artifact is not an archive", metadata: ["detail": "\(error.message)"])
+                return try await fail(
+                    reason: ArtifactFetcher.FetchError.unavailable.reason,
+                    message: ArtifactFetcher.FetchError.unavailable.message)
+            }
             return try await fail(reason: error.reason.rawValue, message: error.message)
         }
 
@@ -193,8 +202,8 @@ public struct Runner: Sendable {
     }
 
     private static func split(_ findings: [FindingRecord]) -> [[FindingRecord]] {
-        let size = (try? MessageCoding.encoder().encode(findings).count) ?? Int.max
-        if size + 1024 <= FindingsBatchMessage.maximumBytes || findings.count == 1 { return [findings] }
+        let size = (try? MessageCoding.encoder().encode(findings).count) ?? FindingsBatchMessage.maximumBytes
+        if size <= FindingsBatchMessage.maximumBytes - 1024 || findings.count == 1 { return [findings] }
         let middle = findings.count / 2
         return split(Array(findings[..<middle])) + split(Array(findings[middle...]))
     }

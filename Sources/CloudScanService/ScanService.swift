@@ -1,4 +1,6 @@
+import CloudScanAuth
 import CloudScanCore
+import CloudScanHTTP
 import CloudScanPostgres
 import CloudScanStore
 import Foundation
@@ -14,6 +16,13 @@ public struct ScanService: Sendable {
     /// Whether organizations created through the APIs make unknown projects on first use unless
     /// told otherwise (AUTO_CREATE_PROJECTS_DEFAULT; on in `cloudscan dev`).
     public var autoCreateProjectsDefault = false
+    /// Which artifact URLs are accepted (ARTIFACT_FILE_ROOTS, ARTIFACT_HTTPS_HOSTS; `cloudscan dev`
+    /// accepts every scheme).
+    public var artifactPolicy = ArtifactPolicy.standard
+    /// Where webhooks may point (WEBHOOK_ALLOWED_NETWORKS; loopback in `cloudscan dev`).
+    public var webhookScreen = DestinationScreen()
+    /// Seals webhook secrets at rest (WEBHOOK_SECRET_KEYS); without it subscriptions cannot be made.
+    public var webhookSecrets: SecretBox?
 
     /// A service over a client connected as the services' role. With `groupCreates` (the
     /// default), concurrent creates of one organization without an idempotency key are written in
@@ -39,6 +48,7 @@ public struct ScanService: Sendable {
         organizationID: UUID, request: CreateScanRequest, idempotencyKey: String? = nil, traceparent: String? = nil
     ) async throws -> Created {
         let scanTypes = try request.validated()
+        try artifactPolicy.check(request.artifactURL, organizationID: organizationID)
         if let key = idempotencyKey, key.isEmpty || key.utf8.count > 255 {
             throw ScanServiceError.invalidArgument(field: "Idempotency-Key", "1–255 bytes")
         }
@@ -209,6 +219,13 @@ public struct ScanService: Sendable {
     {
         guard (1...500).contains(pageSize) else {
             throw ScanServiceError.invalidArgument(field: "page_size", "between 1 and 500")
+        }
+        // The same range on every transport (HTTP checks it while parsing, gRPC's Timestamp may hold
+        // anything): calendars disagree before 1582 and the store covers the service's lifetime.
+        for (field, date) in [("created_after", filter.createdAfter), ("created_before", filter.createdBefore)] {
+            if let date, !(0..<253_402_300_800).contains(date.timeIntervalSince1970) {
+                throw ScanServiceError.invalidArgument(field: field, "between 1970-01-01 and 9999-12-31")
+            }
         }
         let position = try cursor.flatMap { $0.isEmpty ? nil : $0 }.map(ScanCursor.init(text:))
         return try await client.withTransaction(organizationID: organizationID) { c in

@@ -1,4 +1,6 @@
+import CloudScanAuth
 import CloudScanCore
+import CloudScanHTTP
 import CloudScanPostgres
 import Foundation
 import Logging
@@ -37,7 +39,13 @@ public struct CreateWebhookRequest: Sendable {
 }
 
 /// Webhook subscriptions (create, list, delete), each call within the caller's organization
-/// (row-level security: another organization's subscription does not exist for it).
+/// (row-level security: another organization's subscription does not exist for it). The
+/// transports let only the organization's admins call it; every change is audited
+/// (`admin_audit`, entity `webhook_subscription`) in its transaction.
+///
+/// A destination must resolve to public addresses only (``DestinationScreen``; the notifier
+/// checks again at every delivery and pins what it checked). The signing secret is sealed at rest
+/// (``SecretBox``, bound to the organization and subscription) and shown once, by create.
 public struct WebhookService: Sendable {
     public static let events = ["scan.completed", "scan.failed"]
     /// Subscriptions an organization may have.
@@ -45,14 +53,32 @@ public struct WebhookService: Sendable {
 
     let client: PostgresClient
     let logger: Logger
+    let screen: DestinationScreen
+    let secrets: SecretBox?
 
-    public init(client: PostgresClient, logger: Logger) {
+    public init(client: PostgresClient, logger: Logger, screen: DestinationScreen = .init(), secrets: SecretBox?) {
         self.client = client
         self.logger = logger
+        self.screen = screen
+        self.secrets = secrets
     }
 
-    public func create(organizationID: UUID, request: CreateWebhookRequest) async throws -> WebhookSubscription {
+    public func create(organizationID: UUID, request: CreateWebhookRequest, actor: AdminActor) async throws
+        -> WebhookSubscription
+    {
         let checked = try Self.validate(request)
+        do {
+            _ = try await screen.check(url: checked.url)
+        } catch let refusal as DestinationScreen.Refusal {
+            throw ScanServiceError.invalidArgument(field: "url", refusal.message)
+        }
+        guard let secrets else {
+            throw ScanServiceError(
+                code: .unavailable, message: "webhook secrets cannot be stored: no WEBHOOK_SECRET_KEYS configured")
+        }
+        let id = UUID()
+        let sealed = try secrets.seal(
+            checked.secret, context: SecretBox.webhookContext(organizationID: organizationID, subscriptionID: id))
         return try await client.withTransaction(organizationID: organizationID) { c in
             // One at a time per organization, so the cap holds under concurrent creates.
             try await c.query(
@@ -65,17 +91,33 @@ public struct WebhookService: Sendable {
             }
             let row = try await c.query(
                 """
-                INSERT INTO webhook_subscriptions (organization_id, url, secret, events, minimum_severity, payload_format)
-                VALUES (\(organizationID), \(checked.url), \(checked.secret), \(checked.events),
+                INSERT INTO webhook_subscriptions (id, organization_id, url, secret, events, minimum_severity, payload_format)
+                VALUES (\(id), \(organizationID), \(checked.url), \(sealed), \(checked.events),
                         \(checked.minimumSeverity?.rawValue), \(checked.payloadFormat))
                 RETURNING id, created_at
                 """
             ).single()
-            return WebhookSubscription(
+            let created = WebhookSubscription(
                 id: try row.decode(UUID.self, at: 0), url: checked.url, events: checked.events,
                 minimumSeverity: checked.minimumSeverity, payloadFormat: checked.payloadFormat, enabled: true,
                 createdAt: try row.decode(Date.self, at: 1), secret: checked.secret)
+            try await AdminService.audit(
+                c, organizationID: organizationID, actor: actor, action: "webhook.create",
+                entityType: "webhook_subscription", entityID: id, before: nil, after: Self.auditView(created))
+            return created
         }
+    }
+
+    /// What the audit log keeps of a subscription: never the secret, and the URL without its
+    /// query (a Slack-style URL's path is the credential, so only scheme and host are kept).
+    static func auditView(_ item: WebhookSubscription) -> JSONValue {
+        let host = URLComponents(string: item.url).map { "\($0.scheme ?? "")://\($0.host ?? "")" } ?? ""
+        var members: [String: JSONValue] = [
+            "destination": .string(host), "events": .array(item.events.map { .string($0) }),
+            "payload_format": .string(item.payloadFormat), "enabled": .bool(item.enabled),
+        ]
+        if let minimum = item.minimumSeverity { members["minimum_severity"] = .string(minimum.rawValue) }
+        return .object(members)
     }
 
     public func list(organizationID: UUID) async throws -> [WebhookSubscription] {
@@ -96,11 +138,25 @@ public struct WebhookService: Sendable {
         }
     }
 
-    public func delete(organizationID: UUID, id: UUID) async throws {
-        let deleted = try await client.withTransaction(organizationID: organizationID) { c in
-            try await c.execute("DELETE FROM webhook_subscriptions WHERE id = \(id)")
+    public func delete(organizationID: UUID, id: UUID, actor: AdminActor) async throws {
+        try await client.withTransaction(organizationID: organizationID) { c in
+            let rows = try await c.query(
+                """
+                DELETE FROM webhook_subscriptions WHERE id = \(id)
+                RETURNING url, events, minimum_severity, payload_format, enabled, created_at
+                """)
+            guard let row = rows.first else {
+                throw ScanServiceError(code: .notFound, message: "no such webhook subscription")
+            }
+            let before = WebhookSubscription(
+                id: id, url: try row.decode(String.self, at: 0), events: try row.decode([String].self, at: 1),
+                minimumSeverity: try row.decode(String?.self, at: 2).flatMap(Severity.init(rawValue:)),
+                payloadFormat: try row.decode(String.self, at: 3), enabled: try row.decode(Bool.self, at: 4),
+                createdAt: try row.decode(Date.self, at: 5), secret: nil)
+            try await AdminService.audit(
+                c, organizationID: organizationID, actor: actor, action: "webhook.delete",
+                entityType: "webhook_subscription", entityID: id, before: Self.auditView(before), after: nil)
         }
-        guard deleted > 0 else { throw ScanServiceError(code: .notFound, message: "no such webhook subscription") }
     }
 
     struct Checked {
@@ -156,5 +212,57 @@ public struct WebhookService: Sendable {
 
 extension ScanService {
     /// The organization's webhook subscriptions, on the same database client.
-    public var webhooks: WebhookService { WebhookService(client: client, logger: logger) }
+    public var webhooks: WebhookService {
+        WebhookService(client: client, logger: logger, screen: webhookScreen, secrets: webhookSecrets)
+    }
+}
+
+extension AdminService {
+    /// What a re-seal did: values sealed anew (written before sealing, or under an older key),
+    /// values already current, and values that did not open (listed by subscription id).
+    public struct ResealReport: Sendable {
+        public var resealed = 0
+        public var current = 0
+        public var unopenable: [UUID] = []
+    }
+
+    /// Seals every webhook secret of every organization under `box`'s current key: the step of a
+    /// key rotation between listing the new key first and dropping the old one, and how secrets
+    /// stored before sealing get sealed. One transaction per organization.
+    public func resealWebhookSecrets(with box: SecretBox) async throws -> ResealReport {
+        var report = ResealReport()
+        var after: String?
+        repeat {
+            let (organizations, next) = try await listOrganizations(after: after, pageSize: 500)
+            for organization in organizations {
+                let part = try await client.withTransaction(organizationID: organization.id) { c in
+                    var part = ResealReport()
+                    let rows = try await c.query("SELECT id, secret FROM webhook_subscriptions FOR UPDATE")
+                    for row in rows {
+                        let id = try row.decode(UUID.self, at: 0)
+                        let stored = try row.decode(String.self, at: 1)
+                        if box.isCurrent(stored) {
+                            part.current += 1
+                            continue
+                        }
+                        let context = SecretBox.webhookContext(organizationID: organization.id, subscriptionID: id)
+                        guard let plain = SecretBox.isSealed(stored) ? try? box.open(stored, context: context) : stored
+                        else {
+                            part.unopenable.append(id)
+                            continue
+                        }
+                        let sealed = try box.seal(plain, context: context)
+                        try await c.execute("UPDATE webhook_subscriptions SET secret = \(sealed) WHERE id = \(id)")
+                        part.resealed += 1
+                    }
+                    return part
+                }
+                report.resealed += part.resealed
+                report.current += part.current
+                report.unopenable += part.unopenable
+            }
+            after = next
+        } while after != nil
+        return report
+    }
 }

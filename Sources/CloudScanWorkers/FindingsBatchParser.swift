@@ -87,6 +87,11 @@ public enum FindingsBatchParser {
     }
 
     public static func parse(_ body: [UInt8]) throws(Invalid) -> Batch {
+        // Offsets into the body are 32-bit in the staging rows; a runner's batch is at most
+        // FindingsBatchMessage.maximumBytes, so twice that is generous and far from overflow.
+        guard body.count <= 2 * FindingsBatchMessage.maximumBytes else {
+            throw Invalid(reason: "body: over \(2 * FindingsBatchMessage.maximumBytes) bytes")
+        }
         let result: Result<Batch, Invalid> = body.withUnsafeBufferPointer { bytes in
             var parser = Parser(bytes)
             do {

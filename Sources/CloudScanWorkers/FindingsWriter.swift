@@ -480,15 +480,6 @@ public struct FindingsWriter: Service {
     }
 }
 
-extension PostgresError {
-    /// The statement's data was refused (class 22 data exception, 23 integrity violation, or an
-    /// invalid text representation): retrying the same rows cannot help.
-    var isDataError: Bool {
-        guard code == .server, let state = sqlState else { return false }
-        return state.hasPrefix("22") || (state.hasPrefix("23") && state != "23505") || state == "54000"
-    }
-}
-
 /// The findings writer's queue: items in delivery order, with their row count and age.
 final class ItemQueue: Sendable {
     private struct State {

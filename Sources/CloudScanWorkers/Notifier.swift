@@ -30,12 +30,20 @@ public struct Notifier: Sendable {
         public var timeout: Duration
         public var maximumInFlightPerSubscription: Int
         public var deadLetterExchange: String
+        /// Where deliveries may go: checked at every attempt, the checked addresses pinned.
+        public var screen: DestinationScreen
+        /// Opens the sealed signing secrets (WEBHOOK_SECRET_KEYS). A secret stored before sealing
+        /// is used as it is until `cloudscan admin webhook-secrets reseal` seals it.
+        public var secrets: SecretBox?
 
         public init(
             queue: String = "cloudscan.notify", retryDelaysSeconds: [Int] = [10, 60, 600, 3600],
             timeout: Duration = .seconds(10), maximumInFlightPerSubscription: Int = 2,
-            deadLetterExchange: String = Exchanges.deadLetter
+            deadLetterExchange: String = Exchanges.deadLetter, screen: DestinationScreen = .init(),
+            secrets: SecretBox? = nil
         ) {
+            self.screen = screen
+            self.secrets = secrets
             self.queue = queue
             self.retryDelaysSeconds = retryDelaysSeconds
             self.timeout = timeout
@@ -99,7 +107,7 @@ public struct Notifier: Sendable {
             return .ack
         case MessageType.webhookDelivery.rawValue:
             guard let message = try? MessageCoding.decoder().decode(WebhookDeliveryMessage.self, from: body),
-                message.attempt >= 1, message.event.organizationID == message.organizationID
+                (1...1000).contains(message.attempt), message.event.organizationID == message.organizationID
             else {
                 return .deadLetter(reason: "invalid webhook.delivery.v1")
             }
@@ -149,18 +157,27 @@ public struct Notifier: Sendable {
         var status: Int?
         var failure: String?
         do {
-            let response = try await http.perform(
-                HTTPRequest(
-                    method: "POST", url: subscription.url,
-                    headers: [
-                        ("Content-Type", "application/json"), ("User-Agent", "cloudscan-notifier/1"),
-                        ("X-Cloudscan-Event", "scan.\(event.status.rawValue)"), ("X-Cloudscan-Delivery", deliveryID),
-                        (
-                            WebhookSignature.header,
-                            WebhookSignature.value(secret: subscription.secret, timestamp: timestamp, body: body)
-                        ),
-                    ] + (TraceContext.current.map { [("traceparent", $0.traceparent)] } ?? []), body: body,
-                    timeout: configuration.timeout, maximumResponseBytes: 64 << 10))
+            let secret = try openSecret(subscription)
+            // Resolved and screened now, and connected only to what was screened.
+            let destination: DestinationScreen.Checked
+            do {
+                destination = try await configuration.screen.check(url: subscription.url)
+            } catch let refusal as DestinationScreen.Refusal {
+                throw Undeliverable(message: "destination refused: \(refusal.message)")
+            }
+            var request = HTTPRequest(
+                method: "POST", url: subscription.url,
+                headers: [
+                    ("Content-Type", "application/json"), ("User-Agent", "cloudscan-notifier/1"),
+                    ("X-Cloudscan-Event", "scan.\(event.status.rawValue)"), ("X-Cloudscan-Delivery", deliveryID),
+                    (
+                        WebhookSignature.header,
+                        WebhookSignature.value(secret: secret, timestamp: timestamp, body: body)
+                    ),
+                ] + (TraceContext.current.map { [("traceparent", $0.traceparent)] } ?? []), body: body,
+                timeout: configuration.timeout, maximumResponseBytes: 64 << 10)
+            request.pinnedAddresses = destination.pins
+            let response = try await http.perform(request)
             status = response.status
             if !(200..<300).contains(response.status) { failure = "HTTP \(response.status)" }
         } catch {
@@ -269,6 +286,28 @@ public struct Notifier: Sendable {
         out.raw(counts.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ","))
         out.raw("}}")
         return out.bytes
+    }
+
+    struct Undeliverable: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
+    }
+
+    /// The subscription's signing secret, opened (sealed rows) or as stored (rows from before
+    /// sealing).
+    private func openSecret(_ subscription: Subscription) throws -> String {
+        guard SecretBox.isSealed(subscription.secret) else { return subscription.secret }
+        guard let box = configuration.secrets else {
+            throw Undeliverable(message: "the signing secret is sealed and no WEBHOOK_SECRET_KEYS is configured")
+        }
+        do {
+            return try box.open(
+                subscription.secret,
+                context: SecretBox.webhookContext(
+                    organizationID: subscription.organizationID, subscriptionID: subscription.id))
+        } catch {
+            throw Undeliverable(message: "the signing secret does not open: \(error)")
+        }
     }
 
     // MARK: Database

@@ -37,6 +37,12 @@ public struct StatusWriter: Sendable {
 
     static let scannerKeys: Set<String> = ["name", "outcome", "duration_ms", "findings", "reason"]
 
+    /// PostgreSQL's `integer`: the bound of every count in a report.
+    public static let maximumInteger = Int(Int32.max)
+    /// The largest attempt and batch count a report may carry (status.report.v1's maxima).
+    public static let maximumAttempt = 1000
+    public static let maximumBatches = 1_000_000
+
     /// Decodes and checks a report against status.report.v1; the reason names the field.
     public static func parse(_ body: [UInt8]) -> Result<StatusReportMessage, FindingsBatchParser.Invalid> {
         guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else {
@@ -71,24 +77,36 @@ public struct StatusWriter: Sendable {
         } catch {
             return .failure(.init(reason: "unreadable"))
         }
-        if report.attempt < 0 { return .failure(.init(reason: "attempt: below 0")) }
+        // Every integer is bounded as the schema bounds it (PostgreSQL's integer at most), so
+        // nothing downstream converts an out-of-range value.
+        let int4 = Self.maximumInteger
+        if !(0...Self.maximumAttempt).contains(report.attempt) {
+            return .failure(.init(reason: "attempt: between 0 and \(Self.maximumAttempt)"))
+        }
         if report.runnerToken.isEmpty || report.runnerToken.count > 512 {
             return .failure(.init(reason: "runner_token: empty or too long"))
         }
-        if let batches = report.findingsBatches, batches < 0 {
-            return .failure(.init(reason: "findings_batches: below 0"))
+        if let batches = report.findingsBatches, !(0...Self.maximumBatches).contains(batches) {
+            return .failure(.init(reason: "findings_batches: between 0 and \(Self.maximumBatches)"))
         }
         if let reason = report.reason, reason.count > 256 { return .failure(.init(reason: "reason: too long")) }
         if let message = report.message, message.count > 4096 { return .failure(.init(reason: "message: too long")) }
         if let counts = report.counts,
-            [counts.critical, counts.high, counts.medium, counts.low, counts.info].contains(where: { $0 < 0 })
+            [counts.critical, counts.high, counts.medium, counts.low, counts.info].contains(where: {
+                !(0...int4).contains($0)
+            })
         {
-            return .failure(.init(reason: "counts: below 0"))
+            return .failure(.init(reason: "counts: between 0 and \(int4)"))
+        }
+        if let scanners = report.scanners, scanners.count > 256 {
+            return .failure(.init(reason: "scanners: at most 256"))
         }
         for (index, scanner) in (report.scanners ?? []).enumerated() {
-            if scanner.name.isEmpty { return .failure(.init(reason: "scanners[\(index)].name: empty")) }
-            if (scanner.durationMS ?? 0) < 0 || (scanner.findings ?? 0) < 0 {
-                return .failure(.init(reason: "scanners[\(index)]: below 0"))
+            if scanner.name.isEmpty || scanner.name.count > 128 {
+                return .failure(.init(reason: "scanners[\(index)].name: 1 to 128 characters"))
+            }
+            if !(0...int4).contains(scanner.durationMS ?? 0) || !(0...int4).contains(scanner.findings ?? 0) {
+                return .failure(.init(reason: "scanners[\(index)]: between 0 and \(int4)"))
             }
             if let reason = scanner.reason, reason.count > 1024 {
                 return .failure(.init(reason: "scanners[\(index)].reason: too long"))
@@ -117,6 +135,9 @@ public struct StatusWriter: Sendable {
             return try await client.withTransaction(organizationID: report.organizationID) { c in
                 try await apply(c, report, messageID: messageID)
             }
+        } catch let error as PostgresError where error.isDataError {
+            logger.warning("status report refused by PostgreSQL", metadata: ["error": "\(error)"])
+            return .deadLetter(reason: "refused by PostgreSQL: SQLSTATE \(error.sqlState ?? "-")")
         } catch let error as PostgresError where error.code != .server || error.isSerializationFailure {
             // The database is away or the move lost a race: not the message's fault.
             logger.warning("status report not applied yet", metadata: ["error": "\(error)"])

@@ -46,7 +46,11 @@ struct GRPCTests {
                     listener: PostgresListener(configuration: db.appConfiguration(), logger: logger),
                     sweepInterval: .seconds(30), logger: logger)
                 let scanRPCs = ScanGRPCService(
-                    service: ScanService(client: app, logger: logger), authenticator: authenticator ?? jwt, hub: hub)
+                    service: {
+                        var service = ScanService(client: app, logger: logger)
+                        service.webhookSecrets = .development
+                        return service
+                    }(), authenticator: authenticator ?? jwt, hub: hub)
                 let server = GRPCServerService(
                     host: "127.0.0.1", port: 0, tls: try await tls?(org),
                     services: [

@@ -47,8 +47,10 @@ struct ScanAPITests {
             try await TestDatabase.withClient(db.appConfiguration()) { app in
                 let (org, _) = try await TestDatabase.seedOrganization(app, queuedScanCap: cap)
                 let (other, _) = try await TestDatabase.seedOrganization(app, projectKey: "proj-other")
+                var service = ScanService(client: app, logger: TestDatabase.logger("svc"))
+                service.webhookSecrets = .development
                 let api = ScanAPI(
-                    service: ScanService(client: app, logger: TestDatabase.logger("svc")),
+                    service: service,
                     authenticator: authenticator ?? DevelopmentAuthenticator(),
                     readiness: { ["postgres": (try? await app.query("SELECT 1")) != nil] })
                 let port = Port()
@@ -140,6 +142,29 @@ struct ScanAPITests {
                 (
                     #"{"project":{"external_key":"unknown"},"scan_types":["sast"],"artifact":{"url":"https://x"}}"#,
                     "project"
+                ),
+                // Hostile: fullwidth digits (a Unicode-wide hex check took them; the CHECK did not: 500),
+                // host files and plain http (the metadata service) outside development, a NUL in a key
+                // (libpq would have cut it short), a URL with a space.
+                (
+                    #"{"project":{"external_key":"proj-123"},"scan_types":["sast"],"artifact":{"url":"https://x/a","sha256":"\#(String(repeating: "\u{FF10}", count: 64))"}}"#,
+                    "artifact.sha256"
+                ),
+                (
+                    #"{"project":{"external_key":"proj-123"},"scan_types":["sast"],"artifact":{"url":"file:///etc/shadow"}}"#,
+                    "artifact.url"
+                ),
+                (
+                    #"{"project":{"external_key":"proj-123"},"scan_types":["sast"],"artifact":{"url":"http://169.254.169.254/latest"}}"#,
+                    "artifact.url"
+                ),
+                (
+                    #"{"project":{"external_key":"proj\u0000123"},"scan_types":["sast"],"artifact":{"url":"https://x/a"}}"#,
+                    "project.external_key"
+                ),
+                (
+                    #"{"project":{"external_key":"proj-123"},"scan_types":["sast"],"artifact":{"url":"https://x/a b"}}"#,
+                    "artifact.url"
                 ),
             ]
             for (body, field) in cases {
@@ -322,9 +347,16 @@ struct WebhookAPITests {
     )
     func subscriptions() async throws {
         try await ScanAPITests().withServer { server in
+            let admin = [("X-Cloudscan-Roles", "org-admin"), ("X-Cloudscan-Subject", "alice")]
+            // A member (no roles) may neither create, list nor delete.
+            let member = try await server.call(
+                "POST", "/api/v1/webhooks", as: server.organization, body: #"{"url":"https://93.184.216.34/a"}"#)
+            #expect(member.status == 403, "\(member.json)")
+            #expect(try await server.call("GET", "/api/v1/webhooks", as: server.organization).status == 403)
             let created = try await server.call(
                 "POST", "/api/v1/webhooks", as: server.organization,
-                body: #"{"url":"https://hooks.example/a","events":["scan.failed"],"minimum_severity":"high"}"#)
+                body: #"{"url":"https://93.184.216.34/a","events":["scan.failed"],"minimum_severity":"high"}"#,
+                headers: admin)
             #expect(created.status == 201, "\(created.json)")
             let id = try #require(created.json["id"] as? String)
             let secret = created.json["secret"] as? String ?? ""
@@ -334,33 +366,77 @@ struct WebhookAPITests {
             #expect(created.json["minimum_severity"] as? String == "high")
             let chosen = try await server.call(
                 "POST", "/api/v1/webhooks", as: server.organization,
-                body: #"{"url":"http://127.0.0.1:9/hook","secret":"0123456789abcdef","payload_format":"slack"}"#)
+                body: #"{"url":"http://93.184.216.34:8080/hook","secret":"0123456789abcdef","payload_format":"slack"}"#,
+                headers: admin)
             #expect(chosen.status == 201 && chosen.json["secret"] as? String == "0123456789abcdef")
             #expect(chosen.json["events"] as? [String] == ["scan.completed", "scan.failed"], "both by default")
-            let list = try await server.call("GET", "/api/v1/webhooks", as: server.organization)
+            #expect(
+                try await server.call(
+                    "DELETE", "/api/v1/webhooks/\(chosen.json["id"] as? String ?? "")", as: server.organization
+                ).status == 403, "a member cannot delete an admin's subscription")
+            let list = try await server.call("GET", "/api/v1/webhooks", as: server.organization, headers: admin)
             let items = list.json["items"] as? [[String: Any]] ?? []
             #expect(items.count == 2 && items.allSatisfy { $0["secret"] == nil }, "\(items)")
+            // Secrets are sealed at rest: neither in the clear nor readable without the key.
+            let stored = try await server.database.withTransaction(organizationID: server.organization) { c in
+                try await c.query("SELECT secret FROM webhook_subscriptions").map { try $0.decode(String.self, at: 0) }
+            }
+            #expect(
+                stored.count == 2 && stored.allSatisfy { $0.hasPrefix("v1:dev:") && !$0.contains("0123456789abcdef") })
             for (body, field) in [
                 (#"{"url":"ftp://x/y"}"#, "url"), (#"{"url":"https://"}"#, "url"),
-                (#"{"url":"https://h/x","events":["scan.started"]}"#, "events"),
-                (#"{"url":"https://h/x","events":[]}"#, "events"),
-                (#"{"url":"https://h/x","minimum_severity":"urgent"}"#, "minimum_severity"),
-                (#"{"url":"https://h/x","payload_format":"xml"}"#, "payload_format"),
-                (#"{"url":"https://h/x","secret":"short"}"#, "secret"), (#"{"events":["scan.failed"]}"#, "url"),
+                (#"{"url":"https://h.invalid/x"}"#, "url"),
+                (#"{"url":"https://93.184.216.34/x","events":["scan.started"]}"#, "events"),
+                (#"{"url":"https://93.184.216.34/x","events":[]}"#, "events"),
+                (#"{"url":"https://93.184.216.34/x","minimum_severity":"urgent"}"#, "minimum_severity"),
+                (#"{"url":"https://93.184.216.34/x","payload_format":"xml"}"#, "payload_format"),
+                (#"{"url":"https://93.184.216.34/x","secret":"short"}"#, "secret"),
+                (#"{"events":["scan.failed"]}"#, "url"),
+                // Internal destinations, however spelled: metadata, loopback, private, mapped, numeric.
+                (#"{"url":"http://169.254.169.254/latest/meta-data/"}"#, "url"),
+                (#"{"url":"http://127.0.0.1:9/h"}"#, "url"),
+                (#"{"url":"http://localhost/h"}"#, "url"), (#"{"url":"http://[::1]/h"}"#, "url"),
+                (#"{"url":"http://[::ffff:127.0.0.1]/h"}"#, "url"), (#"{"url":"http://10.0.0.8/h"}"#, "url"),
+                (#"{"url":"http://0x7f000001/h"}"#, "url"), (#"{"url":"http://2130706433/h"}"#, "url"),
+                (#"{"url":"http://[fd00:ec2::254]/h"}"#, "url"),
             ] {
-                let refused = try await server.call("POST", "/api/v1/webhooks", as: server.organization, body: body)
+                let refused = try await server.call(
+                    "POST", "/api/v1/webhooks", as: server.organization, body: body, headers: admin)
                 #expect(refused.status == 400 && refused.json["field"] as? String == field, "\(body): \(refused.json)")
             }
-            // Another organization: an empty list, and 404 deleting A's subscription.
-            let theirs = try await server.call("GET", "/api/v1/webhooks", as: server.other)
+            // Another organization's admin: an empty list, and 404 deleting A's subscription.
+            let theirs = try await server.call("GET", "/api/v1/webhooks", as: server.other, headers: admin)
             #expect((theirs.json["items"] as? [Any])?.isEmpty == true)
-            #expect(try await server.call("DELETE", "/api/v1/webhooks/\(id)", as: server.other).status == 404)
-            #expect(try await server.call("DELETE", "/api/v1/webhooks/\(id)", as: server.organization).status == 204)
-            #expect(try await server.call("DELETE", "/api/v1/webhooks/\(id)", as: server.organization).status == 404)
-            let after = try await server.call("GET", "/api/v1/webhooks", as: server.organization)
-            #expect((after.json["items"] as? [Any])?.count == 1)
             #expect(
-                try await server.call("DELETE", "/api/v1/webhooks/not-a-uuid", as: server.organization).status == 404)
+                try await server.call("DELETE", "/api/v1/webhooks/\(id)", as: server.other, headers: admin).status
+                    == 404)
+            #expect(
+                try await server.call("DELETE", "/api/v1/webhooks/\(id)", as: server.organization, headers: admin)
+                    .status
+                    == 204)
+            #expect(
+                try await server.call("DELETE", "/api/v1/webhooks/\(id)", as: server.organization, headers: admin)
+                    .status
+                    == 404)
+            let after = try await server.call("GET", "/api/v1/webhooks", as: server.organization, headers: admin)
+            #expect((after.json["items"] as? [Any])?.count == 1)
+            // Every change audited like projects: who, what, without the secret or the URL's path.
+            let audit = try await server.database.withTransaction(organizationID: server.organization) { c in
+                try await c.query(
+                    "SELECT action, actor, coalesce(after, before)::text FROM admin_audit WHERE entity_type = 'webhook_subscription' ORDER BY id"
+                ).map {
+                    (
+                        try $0.decode(String.self, at: 0), try $0.decode(String.self, at: 1),
+                        try $0.decode(String.self, at: 2)
+                    )
+                }
+            }
+            #expect(audit.map(\.0) == ["webhook.create", "webhook.create", "webhook.delete"], "\(audit)")
+            #expect(
+                audit.allSatisfy { $0.1 == "alice" && !$0.2.contains("0123456789abcdef") && !$0.2.contains("/hook") })
+            #expect(
+                try await server.call("DELETE", "/api/v1/webhooks/not-a-uuid", as: server.organization, headers: admin)
+                    .status == 404)
             #expect(try await server.call("PUT", "/api/v1/webhooks", as: server.organization).status == 405)
         }
     }

@@ -94,14 +94,33 @@ struct ArtifactResolverTests {
                 == false)
     }
 
-    @Test("https/file as they are; s3:// → the presigned URL; 404 and 403 are permanent, 5xx and no server transient")
+    @Test(
+        "https as it is, file only where the policy allows; s3:// → the presigned URL; 404 and 403 are permanent, 5xx and no server transient"
+    )
     func resolver() async throws {
         let storage = try await StorageStub.start()
         defer { storage.stop() }
         let org = UUID()
         let resolver = ArtifactResolver(storageURL: storage.url, token: "storage-token")
         #expect(try await resolver.resolve("https://x/a.tgz", organizationID: org).url == "https://x/a.tgz")
-        #expect(try await resolver.resolve("file:///tmp/a.tgz", organizationID: org).url == "file:///tmp/a.tgz")
+        // The standard policy refuses files and plain http at dispatch too (a scan made before the
+        // policy, or by any path, never reaches a runner); development and artifact roots admit them.
+        for refused in ["file:///tmp/a.tgz", "http://storage.local/a.tgz", "ftp://x/a.tgz"] {
+            let error = await #expect(throws: JobBackendError.self) {
+                try await resolver.resolve(refused, organizationID: org)
+            }
+            #expect(error?.permanent == true && error?.reason == "artifact_refused", "\(refused)")
+        }
+        let development = ArtifactResolver(storageURL: storage.url, token: "storage-token", policy: .development)
+        #expect(try await development.resolve("file:///tmp/a.tgz", organizationID: org).url == "file:///tmp/a.tgz")
+        let rooted = ArtifactResolver(policy: ArtifactPolicy(fileRoots: ["/srv/artifacts/{organization_id}"]))
+        let own = "file:///srv/artifacts/\(org.uuidString.lowercased())/a.tgz"
+        #expect(try await rooted.resolve(own, organizationID: org).url == own)
+        let other = await #expect(throws: JobBackendError.self) {
+            try await rooted.resolve(
+                "file:///srv/artifacts/\(UUID().uuidString.lowercased())/a.tgz", organizationID: org)
+        }
+        #expect(other?.reason == "artifact_refused", "another organization's directory")
         let resolved = try await resolver.resolve(
             "s3://bucket/\(org.uuidString.lowercased())/a.tgz", organizationID: org)
         #expect(resolved.url == "https://storage.local/presigned/bucket/\(org.uuidString.lowercased())/a.tgz?sig=abc")

@@ -114,6 +114,64 @@ struct DispatcherTests {
         }
     }
 
+    @Test(
+        "hostile scan.create straight to the broker: held to the API's limits; each is dead-lettered at once with a reason naming the field — no scan, no loop through the delay tiers"
+    )
+    func hostileDirectPublish() async throws {
+        try await DispatcherHarness.run { h in
+            let org = h.organization.uuidString.lowercased()
+            func body(_ artifact: String, extra: String = "", project: String = #"{"external_key":"proj-123"}"#) -> Data
+            {
+                Data(
+                    #"{"scan_id":"\#(UUID().uuidString.lowercased())","organization_id":"\#(org)","project":\#(project),"scan_types":["sast"],"artifact":\#(artifact),"requested_at":"2026-12-07T00:00:00.000Z"\#(extra)}"#
+                        .utf8)
+            }
+            let fullwidth = String(repeating: "\u{FF10}", count: 64)
+            let cases: [(String, Data, String)] = [
+                // Fullwidth digits once passed a Unicode-wide hex check and failed PostgreSQL's CHECK,
+                // which parked the message in the delay tiers again and again.
+                ("fullwidth-sha", body(#"{"url":"https://x/a.tgz","sha256":"\#(fullwidth)"}"#), "artifact.sha256"),
+                // 2 MB of metadata: the API refuses 64 KiB; so does the broker path now.
+                (
+                    "huge-metadata",
+                    body(
+                        #"{"url":"https://x/a.tgz"}"#,
+                        extra: #","metadata":{"blob":"\#(String(repeating: "x", count: 2_000_000))"}"#), "body: over"
+                ),
+                ("file-artifact", body(#"{"url":"file:///etc/passwd"}"#), "artifact.url"),
+                ("metadata-service", body(#"{"url":"http://169.254.169.254/latest/meta-data"}"#), "artifact.url"),
+                ("unknown-field", body(#"{"url":"https://x/a.tgz"}"#, extra: #","priority":9"#), "priority"),
+                ("unknown-artifact-field", body(#"{"url":"https://x/a.tgz","token":"t"}"#), "artifact.token"),
+                (
+                    "nul-key", body(#"{"url":"https://x/a.tgz"}"#, project: #"{"external_key":"p\u0000q"}"#),
+                    "project.external_key"
+                ),
+                (
+                    "too-many-metadata",
+                    body(
+                        #"{"url":"https://x/a.tgz"}"#,
+                        extra: #","metadata":{\#((0..<65).map { "\"k\($0)\":1" }.joined(separator: ","))}"#), "metadata"
+                ),
+            ]
+            for (id, data, _) in cases {
+                try await h.publishRaw(
+                    data, type: "scan.create.v1", routingKey: "scan.create", organization: h.organization, messageID: id
+                )
+            }
+            let dead = try await h.deadLettered(from: h.dispatchQueue, count: cases.count)
+            let reasons = Dictionary(dead.map { ($0.id ?? "-", $0.reason ?? "") }, uniquingKeysWith: { a, _ in a })
+            for (id, _, field) in cases {
+                #expect(reasons[id]?.contains(field) == true, "\(id): \(reasons[id] ?? "not dead-lettered")")
+            }
+            #expect(dead.count == cases.count, "each once: \(dead.map(\.id))")
+            let scans = try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.query("SELECT count(*) FROM scans").single().decode(Int.self, at: 0)
+            }
+            #expect(scans == 0, "none of them made a scan")
+            #expect(await h.jobNames().isEmpty)
+        }
+    }
+
     @Test("a quota changed through the administration service takes effect: at 0 scans wait, raised to 2 two start")
     func quotaChangedByAdmin() async throws {
         try await DispatcherHarness.run(quota: 0) { h in

@@ -19,6 +19,12 @@ struct ArchiveExtractorTests {
         try body(base + "/archives", base + "/sandbox")
     }
 
+    /// Whether anything (a dangling link too) is at `path`.
+    static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0
+    }
+
     /// Every path under `directory` (relative), following nothing.
     static func tree(_ directory: String) -> Set<String> {
         Set((FileManager.default.enumerator(atPath: directory)?.allObjects as? [String]) ?? [])
@@ -33,6 +39,11 @@ struct ArchiveExtractorTests {
             #expect(summary.symlinks == 1)
             #expect(try String(contentsOfFile: root + "/src/copy.py", encoding: .utf8) == "print('hello')\n")
             #expect(try FileManager.default.destinationOfSymbolicLink(atPath: root + "/src/link.py") == "app.py")
+            // The hard link is a link, not a second copy of the bytes.
+            let original = try FileManager.default.attributesOfItem(atPath: root + "/src/app.py")
+            let linked = try FileManager.default.attributesOfItem(atPath: root + "/src/copy.py")
+            #expect(original[.systemFileNumber] as? Int == linked[.systemFileNumber] as? Int)
+            #expect(original[.referenceCount] as? Int == 2)
             #expect(FileManager.default.isExecutableFile(atPath: root + "/src/run.sh"))
             #expect(!FileManager.default.isExecutableFile(atPath: root + "/src/app.py"))
             #expect(
@@ -72,6 +83,13 @@ struct ArchiveExtractorTests {
             ("zip-bomb.zip", .compressionRatio),
             ("gzip-bomb.tar.gz", .compressionRatio),
             ("not-an-archive.bin", .unsupported),
+            ("nested-links.tar", .linkEscape),
+            ("link-through-link.tar.gz", .linkEscape),
+            ("dir-under-link.tar.gz", .linkEscape),
+            ("pax-short.tar", .corrupt),
+            ("pax-huge.tar", .corrupt),
+            ("pax-signed.tar", .corrupt),
+            ("pax-no-newline.tar", .corrupt),
         ])
     func refused(archive: String, reason: ArchiveError.Reason) async throws {
         try await Self.withArchives { archives, sandbox in
@@ -90,6 +108,13 @@ struct ArchiveExtractorTests {
             }
             #expect(!FileManager.default.fileExists(atPath: "/tmp/evil-absolute.txt"))
             #expect(!FileManager.default.fileExists(atPath: "/tmp/evil-through-link.txt"))
+            // The nested links' last one, wherever a path-string extraction would have put it.
+            var ancestor = sandbox
+            while !ancestor.isEmpty {
+                #expect(!Self.exists(ancestor + "/cloudscan-escape"), "a link escaped into \(ancestor)")
+                ancestor = String(ancestor[..<(ancestor.lastIndex(of: "/") ?? ancestor.startIndex)])
+            }
+            #expect(!Self.exists("/cloudscan-escape"), "a link escaped to /")
             // No link left behind that resolves outside.
             for path in Self.tree(root) {
                 if let resolved = try? URL(fileURLWithPath: root + "/" + path).resolvingSymlinksInPath().path {

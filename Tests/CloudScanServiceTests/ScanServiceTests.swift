@@ -237,7 +237,7 @@ struct ScanServiceTests {
             let labels = ["quote": #"say "hi" \ back/slash"#, "unicode": "é ✓ 𝄞"]
             var create = request()
             create.labels = labels
-            create.artifactURL = #"https://storage.local/a "b"\c.tar.gz"#
+            create.artifactURL = #"https://storage.local/a"b"\c.tar.gz"#
             let created = try await service.createScan(organizationID: org, request: create)
             let read = try await service.getScan(organizationID: org, id: created.scan.id)
             #expect(read.labels == labels)

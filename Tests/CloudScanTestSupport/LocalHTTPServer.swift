@@ -2,7 +2,7 @@ import Foundation
 
 /// A small HTTP server (Python's http.server) on a free loopback port, for client tests.
 /// Routes: `GET /hello` → 200 "hello"; `POST /echo` → 201 echoing the body and `X-Token`;
-/// `GET /big` → 2 MiB; `GET /slow` → answers after 10 s; `GET /files/NAME` → the file NAME of the
+/// `GET /redirect` → 302 to /hello; `GET /big` → 2 MiB; `GET /slow` → answers after 10 s; `GET /files/NAME` → the file NAME of the
 /// directory given at start (404 when absent; 500 when it holds "FAIL"); anything else → 404.
 public final class LocalHTTPServer: Sendable {
     public let port: Int
@@ -21,6 +21,7 @@ public final class LocalHTTPServer: Sendable {
                 self.wfile.write(body)
             def do_GET(self):
                 if self.path == "/hello": self.reply(200, b"hello")
+                elif self.path == "/redirect": self.reply(302, b"moved", [("Location", "/hello")])
                 elif self.path == "/big": self.reply(200, b"x" * (2 << 20))
                 elif self.path == "/slow":
                     time.sleep(10); self.reply(200, b"late")

@@ -234,6 +234,7 @@ struct DrainProcessTests {
             }
             var environment = f.environment
             environment["NOTIFY_CONCURRENCY"] = "2"
+            environment["WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.1/32"  // the receiver is on this machine
             func received() -> [[String: Any]] {
                 ((try? String(
                     contentsOf: directory.appendingPathComponent("drain.jsonl"), encoding: .utf8)) ?? "")

@@ -90,6 +90,7 @@ struct EndToEndTests {
                 }
                 let (_, subscribed) = try await runCommandCapturingOutput([
                     "curl", "-s", "-X", "POST", "\(base)/api/v1/webhooks", "-H", "X-Cloudscan-Organization: \(org)",
+                    "-H", "X-Cloudscan-Roles: org-admin",
                     "-H", "Content-Type: application/json", "-d",
                     #"{"url":"http://127.0.0.1:\#(try #require(hookPort))/hook/e2e","secret":"\#(secret)","events":["scan.completed"]}"#,
                 ])

@@ -1,5 +1,7 @@
 import CloudScanAMQP
+import CloudScanAuth
 import CloudScanCore
+import CloudScanHTTP
 import CloudScanPostgres
 import CloudScanTestSupport
 import CloudScanWorkers
@@ -65,7 +67,9 @@ struct NotifierHarness {
                 let notifier = Notifier(
                     client: app, publisher: publisher,
                     configuration: .init(
-                        queue: queue, retryDelaysSeconds: [1, 2], timeout: timeout, deadLetterExchange: dlx),
+                        queue: queue, retryDelaysSeconds: [1, 2], timeout: timeout, deadLetterExchange: dlx,
+                        screen: DestinationScreen(allowedNetworks: [try #require(IPNetwork("127.0.0.1/32"))]),
+                        secrets: .development),
                     logger: logger)
                 let service = AMQPConsumerService(
                     consumer: AMQPConsumer(
@@ -99,17 +103,25 @@ struct NotifierHarness {
         }
     }
 
-    /// A subscription of `organization` posting to the receiver's /hook/NAME.
+    /// A subscription of `organization` posting to the receiver's /hook/NAME on `host` (the
+    /// notifier may reach 127.0.0.1 only), its secret sealed as the API seals it (or stored in
+    /// the clear, as rows from before sealing are).
     @discardableResult
     func subscribe(
         _ name: String, organization: UUID? = nil, events: [String] = ["scan.completed", "scan.failed"],
-        minimum: Severity? = nil, slack: Bool = false
+        minimum: Severity? = nil, slack: Bool = false, host: String = "127.0.0.1", sealed: Bool = true
     ) async throws -> UUID {
-        try await app.withTransaction(organizationID: organization ?? self.organization) { c in
+        let org = organization ?? self.organization
+        let id = UUID()
+        let secret =
+            sealed
+            ? try SecretBox.development.seal(
+                Self.secret, context: SecretBox.webhookContext(organizationID: org, subscriptionID: id)) : Self.secret
+        return try await app.withTransaction(organizationID: org) { c in
             try await c.query(
                 """
-                INSERT INTO webhook_subscriptions (organization_id, url, secret, events, minimum_severity, payload_format)
-                VALUES (\(organization ?? self.organization), \("http://127.0.0.1:\(port)/hook/\(name)"), \(Self.secret),
+                INSERT INTO webhook_subscriptions (id, organization_id, url, secret, events, minimum_severity, payload_format)
+                VALUES (\(id), \(org), \("http://\(host):\(port)/hook/\(name)"), \(secret),
                         \(events), \(minimum?.rawValue), \(slack ? "slack" : "json"))
                 RETURNING id
                 """
@@ -276,6 +288,37 @@ struct NotifierTests {
             #expect(log.first?.1 == "retrying" && log.last?.1 == "delivered", "\(log)")
             #expect(h.received("gone").count == 3, "1 attempt + 2 delay tiers")
             #expect(try await h.log(gone).map(\.1) == ["retrying", "retrying", "failed"])
+        }
+    }
+
+    @Test(
+        "destinations are screened at every delivery: a loopback address the notifier may not reach is never posted to; a secret sealed for another row does not open; a secret stored before sealing still signs"
+    )
+    func screenedAndSealed() async throws {
+        try await NotifierHarness.run { h in
+            let blocked = try await h.subscribe("internal", host: "127.0.0.2")
+            let swapped = try await h.subscribe("swapped")
+            let legacy = try await h.subscribe("legacy", sealed: false)
+            // Someone with write access to the table copies another row's sealed secret.
+            try await h.app.withTransaction(organizationID: h.organization) { c in
+                try await c.execute(
+                    """
+                    UPDATE webhook_subscriptions SET secret = (SELECT secret FROM webhook_subscriptions WHERE id = \(blocked))
+                    WHERE id = \(swapped)
+                    """)
+                let sealed = try await c.query("SELECT secret FROM webhook_subscriptions WHERE id = \(blocked)")
+                    .single()
+                    .decode(String.self, at: 0)
+                #expect(sealed.hasPrefix("v1:dev:") && !sealed.contains(NotifierHarness.secret), "sealed at rest")
+            }
+            try await h.publish(.completed, counts: ["high": 1])
+            #expect(try await h.eventually { h.received("legacy").count == 1 })
+            #expect(h.received("legacy").allSatisfy { $0.verified }, "the clear-text secret of an old row still signs")
+            let reasons = try await h.deadLetters(count: 2)
+            #expect(reasons.contains { $0.contains("destination refused") }, "\(reasons)")
+            #expect(reasons.contains { $0.contains("signing secret") }, "\(reasons)")
+            #expect(h.received("internal").isEmpty && h.received("swapped").isEmpty, "nothing was posted to them")
+            #expect(try await h.log(blocked).map(\.1) == ["retrying", "retrying", "failed"])
         }
     }
 

@@ -155,35 +155,64 @@ struct PipelineProcessTests {
         }
     }
 
-    @Test("cloudscan runner refuses a malicious archive: the scan fails with the archive's reason")
-    func runnerRefusesMaliciousArchive() async throws {
+    @Test(
+        "cloudscan runner refuses a crafted archive: the scan fails with the archive's reason, nothing outside the root",
+        arguments: [
+            ("zip-slip.zip", "archive_path_escape"),
+            ("nested-links.tar", "archive_link_escape"),
+            ("link-through-link.tar.gz", "archive_link_escape"),
+            ("pax-short.tar", "archive_corrupt"),
+        ])
+    func runnerRefusesMaliciousArchive(archive: String, expected: String) async throws {
         try await WritersHarness.run("runbad") { h in
             let scan = try await h.dispatchedScan()
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("runbad-\(UUID().uuidString)")
             defer { try? FileManager.default.removeItem(at: directory) }
+            let escapeName = "cloudscan-escape-\(UUID().uuidString.prefix(8))"
             let (made, output) = try await runCommandCapturingOutput([
                 "python3", TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/make_archives.py").path,
-                directory.path,
+                directory.path, escapeName,
             ])
             #expect(made == 0, "\(output)")
+            let work = directory.appendingPathComponent("work")
+            try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
             let runner = try BackgroundCommand(
                 [Self.binary, "runner"],
                 environment: [
                     "CLOUDSCAN_SCAN_ID": scan.uuidString.lowercased(),
                     "CLOUDSCAN_ORGANIZATION_ID": h.organization.uuidString.lowercased(), "CLOUDSCAN_ATTEMPT": "1",
-                    "CLOUDSCAN_SCAN_TYPES": "sast", "CLOUDSCAN_ARTIFACT_URL": "file://\(directory.path)/zip-slip.zip",
+                    "CLOUDSCAN_SCAN_TYPES": "sast", "CLOUDSCAN_ARTIFACT_URL": "file://\(directory.path)/\(archive)",
                     "CLOUDSCAN_TIMEOUT_SECONDS": "60", "CLOUDSCAN_RUNNER_TOKEN": h.token(scan),
-                    "CLOUDSCAN_BROKER_URL": h.brokerURL, "TMPDIR": directory.path,
+                    "CLOUDSCAN_BROKER_URL": h.brokerURL, "TMPDIR": work.path,
                     "CLOUDSCAN_SCANNER_CATALOG":
                         TestDatabase.repositoryRoot.appendingPathComponent("scanners/scanners.json").path,
                 ], logFile: directory.appendingPathComponent("runner.log").path)
             #expect(try await h.eventually(60) { try await h.scanState(scan).status == "failed" })
-            #expect(await runner.wait() == 2, "failed and reported (exit 2)")
+            #expect(await runner.wait() == 2, "failed and reported (exit 2), no crash")
             let reason = try await h.app.withTransaction(organizationID: h.organization) { c in
                 try await c.query("SELECT failure_reason FROM scans WHERE id = \(scan)").single().decode(
                     String.self, at: 0)
             }
-            #expect(reason == "archive_path_escape")
+            #expect(reason == expected)
+            // Nothing the archive named exists anywhere a path-string extraction would have put it:
+            // the work directory is gone, and no ancestor up to "/" holds the escaping link.
+            #expect((try? FileManager.default.contentsOfDirectory(atPath: work.path)) == [])
+            var ancestor = work.path
+            while true {
+                var info = stat()
+                if lstat(ancestor + "/" + escapeName, &info) == 0 {
+                    Issue.record("a link escaped into \(ancestor)")
+                    unlink(ancestor + "/" + escapeName)
+                }
+                for level in 0..<16 where lstat(ancestor + "/l\(level)", &info) == 0 && ancestor != work.path {
+                    if (info.st_mode & S_IFMT) == S_IFLNK {
+                        Issue.record("link l\(level) escaped into \(ancestor)")
+                    }
+                }
+                if ancestor == "/" || ancestor.isEmpty { break }
+                let parent = String(ancestor[..<(ancestor.lastIndex(of: "/") ?? ancestor.startIndex)])
+                ancestor = parent.isEmpty ? "/" : parent
+            }
         }
     }
 }

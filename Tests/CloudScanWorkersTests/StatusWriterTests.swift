@@ -83,4 +83,47 @@ struct StatusWriterTests {
             #expect(try await h.scanState(theirs, organization: h.other).status == "dispatched")
         }
     }
+
+    @Test(
+        "hostile reports with a valid token (integers past PostgreSQL's, an AMQP timestamp past any date): dead-lettered with the field, and the writer lives on"
+    )
+    func hostileReports() async throws {
+        try await WritersHarness.run("swhostile") { h in
+            let scan = try await h.dispatchedScan()
+            var huge = h.report(scan, .completed, batches: Int(Int32.max) + 1)
+            try await h.publish(huge)
+            huge = h.report(scan, .completed, batches: 0)
+            huge.counts?.high = 1 << 40
+            try await h.publish(huge)
+            var scanners = h.report(scan, .completed, batches: 0)
+            scanners.scanners = [.init(name: "semgrep", outcome: .ok, durationMS: Int.max, findings: 0)]
+            try await h.publish(scanners)
+            // Published by an outside client (pika), which writes any 64-bit timestamp: the copy
+            // dead-lettered with it once trapped the writer converting it back.
+            let script = """
+                import pika, sys
+                connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+                channel = connection.channel()
+                channel.confirm_delivery()
+                channel.basic_publish("cloudscan.status", "status.completed", b"{not json",
+                    pika.BasicProperties(timestamp=2**64 - 1, message_id="far-future", type="status.report.v1",
+                                         headers={"x-organization-id": sys.argv[2], "x-cloudscan-delays": "-1"}))
+                connection.close()
+                """
+            let (status, output) = try await runCommandCapturingOutput([
+                TestDatabase.repositoryRoot.appendingPathComponent(".venv/bin/python").path, "-c", script,
+                h.brokerURL, h.organization.uuidString.lowercased(),
+            ])
+            #expect(status == 0, "\(output)")
+            let dead = try await h.deadLetters("cloudscan.status.ingest", count: 4)
+            let reasons = dead.map(\.1)
+            #expect(reasons.contains { $0.contains("findings_batches") }, "\(reasons)")
+            #expect(reasons.contains { $0.contains("counts") }, "\(reasons)")
+            #expect(reasons.contains { $0.contains("scanners[0]") }, "\(reasons)")
+            #expect(reasons.contains { $0.contains("not a JSON object") || $0.contains("invalid") }, "\(reasons)")
+            // The writer is still there: a good report moves the scan.
+            try await h.publish(h.report(scan, .started))
+            #expect(try await h.eventually { try await h.scanState(scan).status == "running" })
+        }
+    }
 }

@@ -48,11 +48,12 @@ def b64(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def token(secret, org, issuer, audience, *, exp_offset=600, nbf_offset=None, alg="HS256", sign_with=None):
+def token(secret, org, issuer, audience, *, exp_offset=600, nbf_offset=None, alg="HS256", sign_with=None,
+          roles=("scanner",), subject="gateway-py"):
     header = {"alg": alg, "typ": "JWT"}
     now = int(time.time())
-    claims = {"iss": issuer, "aud": audience, "sub": "gateway-py", "org_id": org, "exp": now + exp_offset,
-              "roles": ["scanner"]}
+    claims = {"iss": issuer, "aud": audience, "sub": subject, "org_id": org, "exp": now + exp_offset,
+              "roles": list(roles)}
     if nbf_offset is not None:
         claims["nbf"] = now + nbf_offset
     signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
@@ -98,6 +99,10 @@ def main():
     stub = pb_grpc.ScanServiceStub(channel)
     a = [("authorization", "Bearer " + token(args.secret, args.org, args.issuer, args.audience))]
     b = [("authorization", "Bearer " + token(args.secret, args.other, args.issuer, args.audience))]
+    a_admin = [("authorization", "Bearer " + token(args.secret, args.org, args.issuer, args.audience,
+                                                   roles=["org-admin"], subject="admin-py"))]
+    b_admin = [("authorization", "Bearer " + token(args.secret, args.other, args.issuer, args.audience,
+                                                   roles=["org-admin"], subject="admin-b-py"))]
 
     # Reflection v1, the way grpcurl lists services: no .proto file on this side.
     reflection = refl_v1_grpc.ServerReflectionStub(channel)
@@ -176,6 +181,21 @@ def main():
                                                    scan_types=["sast"], artifact=pb.Artifact(url="ftp://x")),
          "artifact.url"),
         ("no project", pb.CreateScanRequest(scan_types=["sast"], artifact=pb.Artifact(url="https://x/a")), "project"),
+        # Hostile: fullwidth digits pass a Unicode-wide hex check; host files and plain http (metadata
+        # service) are refused outside development; control characters in a key.
+        ("fullwidth sha256", pb.CreateScanRequest(project=pb.ProjectReference(external_key="proj-123"),
+                                                  scan_types=["sast"],
+                                                  artifact=pb.Artifact(url="https://x/a", sha256="\uff10" * 64)),
+         "artifact.sha256"),
+        ("host file artifact", pb.CreateScanRequest(project=pb.ProjectReference(external_key="proj-123"),
+                                                    scan_types=["sast"], artifact=pb.Artifact(url="file:///etc/passwd")),
+         "artifact.url"),
+        ("metadata-service artifact", pb.CreateScanRequest(
+            project=pb.ProjectReference(external_key="proj-123"), scan_types=["sast"],
+            artifact=pb.Artifact(url="http://169.254.169.254/latest/meta-data")), "artifact.url"),
+        ("NUL in the project key", pb.CreateScanRequest(project=pb.ProjectReference(external_key="proj\x00123"),
+                                                        scan_types=["sast"], artifact=pb.Artifact(url="https://x/a")),
+         "project.external_key"),
     ]:
         code, trailers = code_of(lambda: stub.CreateScan(bad_request, metadata=a))
         check(code == grpc.StatusCode.INVALID_ARGUMENT and trailers.get("cloudscan-field") == field,
@@ -198,6 +218,15 @@ def main():
             break
     check(len(seen) == len(set(seen)) and scan.id in seen and first.scan.id in seen,
           f"ListScans pages by token, each scan once ({len(seen)} scans)")
+
+    # A Timestamp far past year 9999 is refused, not a crash of the server.
+    from google.protobuf import timestamp_pb2
+    for seconds in [10 ** 13, 2 ** 62, -(10 ** 13)]:
+        far = pb.ListScansRequest(created_after=timestamp_pb2.Timestamp(seconds=seconds))
+        code, trailers = code_of(lambda: stub.ListScans(far, metadata=a))
+        check(code == grpc.StatusCode.INVALID_ARGUMENT and trailers.get("cloudscan-field") == "created_after",
+              f"ListScans created_after={seconds} → INVALID_ARGUMENT ({code})")
+    check(stub.ListScans(pb.ListScansRequest(), metadata=a) is not None, "the server is still up")
 
     # UpdateScan replaces labels only.
     updated = stub.UpdateScan(pb.UpdateScanRequest(id=scan.id, labels={"team": "red"}), metadata=a)
@@ -244,21 +273,34 @@ def main():
 
     # Webhook subscriptions (cloudscan.v1.WebhookService): the secret once, the organization's own only.
     hooks = pb_grpc.WebhookServiceStub(channel)
-    made = hooks.CreateWebhook(pb.CreateWebhookRequest(url="https://hooks.example/grpc", events=["scan.failed"],
-                                                       minimum_severity=pb.SEVERITY_HIGH), metadata=a)
+    # Managing subscriptions takes the organization-admin role; a member (no roles) may not.
+    public_url = "https://93.184.216.34/grpc"
+    code, _ = code_of(lambda: hooks.CreateWebhook(pb.CreateWebhookRequest(url=public_url), metadata=a))
+    check(code == grpc.StatusCode.PERMISSION_DENIED, f"a member's CreateWebhook → PERMISSION_DENIED ({code})")
+    made = hooks.CreateWebhook(pb.CreateWebhookRequest(url=public_url, events=["scan.failed"],
+                                                       minimum_severity=pb.SEVERITY_HIGH), metadata=a_admin)
     check(made.secret.startswith("whsec_") and list(made.events) == ["scan.failed"]
           and made.minimum_severity == pb.SEVERITY_HIGH and made.payload_format == "json",
           "CreateWebhook answers the subscription with its generated secret")
-    listed = hooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=a).webhooks
+    listed = hooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=a_admin).webhooks
     check([w.id for w in listed] == [made.id] and listed[0].secret == "", "ListWebhooks shows it, without the secret")
-    check(list(hooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=b).webhooks) == [],
+    check(list(hooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=b_admin).webhooks) == [],
           "B: ListWebhooks shows none of A's")
-    check(code_of(lambda: hooks.DeleteWebhook(pb.DeleteWebhookRequest(id=made.id), metadata=b))[0]
+    check(code_of(lambda: hooks.DeleteWebhook(pb.DeleteWebhookRequest(id=made.id), metadata=b_admin))[0]
           == grpc.StatusCode.NOT_FOUND, "B: DeleteWebhook of A's → NOT_FOUND")
-    code, _ = code_of(lambda: hooks.CreateWebhook(pb.CreateWebhookRequest(url="ftp://x/y"), metadata=a))
+    check(code_of(lambda: hooks.DeleteWebhook(pb.DeleteWebhookRequest(id=made.id), metadata=a))[0]
+          == grpc.StatusCode.PERMISSION_DENIED, "a member cannot delete the admin's subscription")
+    code, _ = code_of(lambda: hooks.CreateWebhook(pb.CreateWebhookRequest(url="ftp://x/y"), metadata=a_admin))
     check(code == grpc.StatusCode.INVALID_ARGUMENT, f"CreateWebhook with a bad URL → INVALID_ARGUMENT ({code})")
-    hooks.DeleteWebhook(pb.DeleteWebhookRequest(id=made.id), metadata=a)
-    check(list(hooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=a).webhooks) == [], "DeleteWebhook removes it")
+    for internal in ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:8080/", "http://[::1]/",
+                     "http://10.1.2.3/", "http://[::ffff:169.254.169.254]/", "http://0x7f000001/",
+                     "http://localhost/", "http://100.100.100.200/"]:
+        code, trailers = code_of(lambda: hooks.CreateWebhook(pb.CreateWebhookRequest(url=internal), metadata=a_admin))
+        check(code == grpc.StatusCode.INVALID_ARGUMENT and trailers.get("cloudscan-field") == "url",
+              f"CreateWebhook to {internal} → INVALID_ARGUMENT ({code})")
+    hooks.DeleteWebhook(pb.DeleteWebhookRequest(id=made.id), metadata=a_admin)
+    check(list(hooks.ListWebhooks(pb.ListWebhooksRequest(), metadata=a_admin).webhooks) == [],
+          "DeleteWebhook removes it")
 
     print(f"{failures} failures")
     sys.exit(1 if failures else 0)

@@ -1,6 +1,9 @@
 """Writes the archives the runner's extraction tests use, good and malicious, into DIR.
 
-usage: make_archives.py DIR
+usage: make_archives.py DIR [ESCAPE_NAME]
+
+ESCAPE_NAME (default cloudscan-escape) names the last link of nested-links.tar, so a test can
+look for it anywhere an escape would have put it (up to the filesystem root).
 """
 import io
 import sys
@@ -9,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 out = Path(sys.argv[1])
+escape_name = sys.argv[2] if len(sys.argv) > 2 else "cloudscan-escape"
 out.mkdir(parents=True, exist_ok=True)
 
 
@@ -87,4 +91,57 @@ with tarfile.open(out / "gzip-bomb.tar.gz", "w:gz", compresslevel=9) as archive:
 # Many small files.
 tar("many-files.tar.gz", [member(f"f/{i}.txt", b"x") for i in range(300)])
 (out / "not-an-archive.bin").write_bytes(b"hello, this is text\n" * 40)
+
+# Only symbolic links, each nested under the one before: a/l0 -> .., a/l0/l1 -> .., ... Made
+# through path strings, each lands one directory higher than the last, up to "/".
+nested = []
+path = "a"
+for i in range(16):
+    path += f"/l{i}"
+    nested.append(member(path, kind=tarfile.SYMTYPE, link=".."))
+nested.append(member(path + "/" + escape_name, kind=tarfile.SYMTYPE, link="x"))
+tar("nested-links.tar", nested, mode="w")
+# A link that looks inside lexically but climbs out through another link: x/a -> .. (the
+# root), then x/b -> a/../.. (lexically the root, really the root's parent).
+tar("link-through-link.tar.gz", [
+    member("x/", kind=tarfile.DIRTYPE, mode=0o755),
+    member("x/a", kind=tarfile.SYMTYPE, link=".."),
+    member("x/b", kind=tarfile.SYMTYPE, link="a/../.."),
+])
+# A directory entry and a file under a link made earlier.
+tar("dir-under-link.tar.gz", [
+    member("d", kind=tarfile.SYMTYPE, link="."),
+    member("d/d/d/", kind=tarfile.DIRTYPE, mode=0o755),
+])
+
+
+def raw_header(name, typeflag, size):
+    """A ustar header by hand, for records tarfile will not write."""
+    header = bytearray(512)
+    header[0:len(name)] = name
+    header[100:108] = b"0000644\0"
+    header[108:116] = b"0000000\0"
+    header[116:124] = b"0000000\0"
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"%011o\0" % 0
+    header[156] = ord(typeflag)
+    header[257:263] = b"ustar\0"
+    header[263:265] = b"00"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def pax_archive(name, records):
+    padding = b"\0" * ((512 - len(records) % 512) % 512)
+    body = raw_header(b"PaxHeader/f.txt", "x", len(records)) + records + padding
+    body += raw_header(b"f.txt", "0", 0) + b"\0" * 1024
+    (out / name).write_bytes(body)
+
+
+# pax records whose length field lies: shorter than its own prefix, absurd, signed, no newline.
+pax_archive("pax-short.tar", b"1 x")
+pax_archive("pax-huge.tar", b"99999999999999999999999 path=x\n")
+pax_archive("pax-signed.tar", b"-5 path=x\n")
+pax_archive("pax-no-newline.tar", b"11 path=abcd")
 print("ok")
