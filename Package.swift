@@ -1,6 +1,12 @@
 // swift-tools-version:6.2
 import PackageDescription
 
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
 let package = Package(
     name: "cloudscan",
     platforms: [.macOS(.v15)],
@@ -92,6 +98,16 @@ let package = Package(
             dependencies: ["CZlib"]
         ),
 
+        // Parsers of what strangers send: findings batches and status reports (from runners), scanner
+        // output (SARIF, shellcheck, detect-secrets, OSV). No I/O: what the fuzz targets exercise.
+        .target(
+            name: "CloudScanInbound",
+            dependencies: [
+                "CloudScanCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+
         // Child processes in their own process group, with time limits.
         .target(name: "CloudScanProcess"),
 
@@ -100,6 +116,7 @@ let package = Package(
             name: "CloudScanRunner",
             dependencies: [
                 "CloudScanCore",
+                "CloudScanInbound",
                 "CloudScanAMQP",
                 "CloudScanHTTP",
                 "CloudScanArchive",
@@ -219,6 +236,7 @@ let package = Package(
             name: "CloudScanWorkers",
             dependencies: [
                 "CloudScanCore",
+                "CloudScanInbound",
                 "CloudScanMetrics",
                 "CloudScanPostgres",
                 "CloudScanAMQP",
@@ -316,7 +334,8 @@ let package = Package(
         .testTarget(
             name: "CloudScanWorkersTests",
             dependencies: [
-                "CloudScanWorkers", "CloudScanService", "CloudScanCore", "CloudScanAMQP", "CloudScanPostgres",
+                "CloudScanWorkers", "CloudScanInbound", "CloudScanService", "CloudScanCore", "CloudScanAMQP",
+                "CloudScanPostgres",
                 "CloudScanAuth", "CloudScanHTTP", "CloudScanTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -325,7 +344,7 @@ let package = Package(
         .testTarget(
             name: "CloudScanRunnerTests",
             dependencies: [
-                "CloudScanRunner", "CloudScanArchive", "CloudScanCore", "CloudScanTestSupport",
+                "CloudScanRunner", "CloudScanInbound", "CloudScanArchive", "CloudScanCore", "CloudScanTestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -375,3 +394,18 @@ let package = Package(
         ),
     ]
 )
+
+// The fuzz targets (Fuzz/CloudScanFuzz): one libFuzzer binary, built only by scripts/fuzz, which
+// sets CLOUDSCAN_FUZZ=1 and builds with --sanitize=fuzzer --sanitize=address in a scratch path of
+// its own. It has no `main` of its own (libFuzzer's is linked in), so ordinary builds leave it out.
+if ProcessInfo.processInfo.environment["CLOUDSCAN_FUZZ"] == "1" {
+    package.products.append(.executable(name: "cloudscan-fuzz", targets: ["CloudScanFuzz"]))
+    package.targets.append(
+        .executableTarget(
+            name: "CloudScanFuzz",
+            dependencies: [
+                "CloudScanArchive", "CloudScanCore", "CloudScanInbound", "CloudScanAuth",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Fuzz/CloudScanFuzz"))
+}

@@ -85,18 +85,25 @@ public enum ArchiveExtractor {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let writer = try TreeWriter(root: root, limits: limits, compressedSize: compressedSize)
         let bytes = [UInt8](head)
-        if bytes.count >= 2, bytes[0] == 0x1f, bytes[1] == 0x8b {
-            try TarReader(source: GzipSource(handle: handle), writer: writer).read()
-        } else if bytes.count >= 4,
-            bytes[0..<4] == [0x50, 0x4b, 0x03, 0x04] || bytes[0..<4] == [0x50, 0x4b, 0x05, 0x06]
-        {
-            try ZipReader(handle: handle, size: compressedSize, writer: writer).read()
-        } else if bytes.count >= 262, String(decoding: bytes[257..<262], as: UTF8.self) == "ustar" {
-            try TarReader(source: PlainSource(handle: handle), writer: writer).read()
-        } else {
-            throw ArchiveError(.unsupported, "not a tar, tar.gz or zip archive")
+        do {
+            if bytes.count >= 2, bytes[0] == 0x1f, bytes[1] == 0x8b {
+                try TarReader(source: GzipSource(handle: handle), writer: writer).read()
+            } else if bytes.count >= 4,
+                bytes[0..<4] == [0x50, 0x4b, 0x03, 0x04] || bytes[0..<4] == [0x50, 0x4b, 0x05, 0x06]
+            {
+                try ZipReader(handle: handle, size: compressedSize, writer: writer).read()
+            } else if bytes.count >= 262, String(decoding: bytes[257..<262], as: UTF8.self) == "ustar" {
+                try TarReader(source: PlainSource(handle: handle), writer: writer).read()
+            } else {
+                throw ArchiveError(.unsupported, "not a tar, tar.gz or zip archive")
+            }
+            try writer.finish()
+        } catch {
+            // A refused archive leaves no link behind: links are only checked once every entry is
+            // out, and one made before the failure may point anywhere.
+            writer.removeLinks()
+            throw error
         }
-        try writer.finish()
         return writer.summary
     }
 
@@ -321,17 +328,22 @@ final class TreeWriter {
         summary.symlinks += 1
     }
 
+    /// Removes every symbolic link this archive made (a refused archive's).
+    func removeLinks() {
+        for (link, _) in links {
+            let (directory, name) = split(link)
+            if let parent = try? directoryFD(directory, create: false) { _ = unlinkat(parent, name, 0) }
+        }
+        links.removeAll()
+    }
+
     /// Checks where each link really resolves, following links through links inside the root;
-    /// on an escape every link is removed and the archive refused.
+    /// on an escape the archive is refused (and ``removeLinks()`` removes them all).
     func finish() throws {
         for (relative, target) in links {
             switch resolve(relative) {
             case .inside: continue
             case .outside, .loop:
-                for (link, _) in links {
-                    let (directory, name) = split(link)
-                    if let parent = try? directoryFD(directory, create: false) { _ = unlinkat(parent, name, 0) }
-                }
                 throw ArchiveError(
                     .linkEscape,
                     "symbolic link \(ArchiveExtractor.quoted(relative)) → \(ArchiveExtractor.quoted(target)) resolves outside the archive"

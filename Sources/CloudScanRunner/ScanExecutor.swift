@@ -1,4 +1,5 @@
 import CloudScanCore
+import CloudScanInbound
 import CloudScanProcess
 import Foundation
 import Logging

@@ -1,4 +1,5 @@
 import CloudScanCore
+import CloudScanInbound
 import Foundation
 
 /// The scanners the runner knows, by scan type: `scanners/scanners.json`. A scanner that writes

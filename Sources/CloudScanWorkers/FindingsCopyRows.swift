@@ -1,4 +1,5 @@
 import CloudScanCore
+import CloudScanInbound
 import Foundation
 
 /// Findings as rows of the writer's staging table in COPY's binary format: each field is a length

@@ -1,6 +1,7 @@
 import CloudScanAMQP
 import CloudScanAuth
 import CloudScanCore
+import CloudScanInbound
 import CloudScanMetrics
 import CloudScanPostgres
 import CloudScanStore

@@ -87,3 +87,25 @@ struct MessageContractTests {
         #expect(lines.allSatisfy { $0.hasPrefix("invalid") }, "\(output)")
     }
 }
+
+@Suite("duplicate member names")
+struct DuplicateNameTests {
+    @Test(
+        "a name given twice in one object is found, however it is spelled; the same name in different objects is not",
+        arguments: [
+            (#"{"a":1,"a":2}"#, "a"), (#"{"a":1,"\u0061":2}"#, "a"), (#"{"x":{"k":1,"k":2}}"#, "k"),
+            (#"{"x":[{"k":1},{"k":2,"k":3}]}"#, "k"), (#"{"\ud83d\ude00":1,"😀":2}"#, "😀"),
+            (#"{"a":"a","b":{"a":1},"c":[{"a":2}]}"#, nil), (#"{"a\"b":1,"a\\b":2}"#, nil), (#"["a","a"]"#, nil),
+            (#"{"a":1,"a"#, nil),
+        ] as [(String, String?)])
+    func duplicates(document: String, name: String?) {
+        #expect(JSONDuplicateNames.first(in: Array(document.utf8)) == name, "\(document)")
+    }
+
+    @Test("a scan.create with a duplicated name is refused, naming it")
+    func refused() {
+        let create =
+            #"{"scan_id":"0b9a8c7d-6e5f-4a3b-9c2d-1e0f9a8b7c6d","artifact":{"url":"https://a/b"},"artifact":{"url":"file:///etc/passwd"}}"#
+        #expect(ScanCreateMessage.wireProblem(Array(create.utf8))?.contains("artifact: given twice") == true)
+    }
+}

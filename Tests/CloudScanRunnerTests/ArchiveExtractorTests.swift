@@ -87,6 +87,7 @@ struct ArchiveExtractorTests {
             ("link-through-link.tar.gz", .linkEscape),
             ("dir-under-link.tar.gz", .linkEscape),
             ("pax-short.tar", .corrupt),
+            ("links-then-corrupt.tar", .corrupt),
             ("pax-huge.tar", .corrupt),
             ("pax-signed.tar", .corrupt),
             ("pax-no-newline.tar", .corrupt),
@@ -115,6 +116,13 @@ struct ArchiveExtractorTests {
                 ancestor = String(ancestor[..<(ancestor.lastIndex(of: "/") ?? ancestor.startIndex)])
             }
             #expect(!Self.exists("/cloudscan-escape"), "a link escaped to /")
+            // No link left behind at all when the archive was refused.
+            if let links = try? FileManager.default.subpathsOfDirectory(atPath: root) {
+                #expect(
+                    links.allSatisfy {
+                        (try? FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + $0)) == nil
+                    }, "links stayed behind: \(links)")
+            }
             // No link left behind that resolves outside.
             for path in Self.tree(root) {
                 if let resolved = try? URL(fileURLWithPath: root + "/" + path).resolvingSymlinksInPath().path {

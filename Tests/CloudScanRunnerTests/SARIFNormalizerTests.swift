@@ -1,4 +1,5 @@
 import CloudScanCore
+import CloudScanInbound
 import CloudScanRunner
 import Foundation
 import Testing

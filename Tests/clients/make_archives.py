@@ -139,6 +139,20 @@ def pax_archive(name, records):
     (out / name).write_bytes(body)
 
 
+# Links that escape only together, then a damaged header: the archive is refused before the
+# links are checked, and none may stay behind.
+with open(out / "links-then-corrupt.tar", "wb") as handle:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, link in [("x/a", ".."), ("x/b", "a/../..")]:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = link
+            archive.addfile(info)
+    data = buffer.getvalue().rstrip(b"\0")
+    handle.write(data + b"\0" * ((512 - len(data) % 512) % 512) + b"garbage" * 73 + b"\0" * 1024)
+
+
 # pax records whose length field lies: shorter than its own prefix, absurd, signed, no newline.
 pax_archive("pax-short.tar", b"1 x")
 pax_archive("pax-huge.tar", b"99999999999999999999999 path=x\n")

@@ -3,7 +3,7 @@ import Foundation
 
 /// Scanners that write something other than SARIF, converted to SARIF 2.1.0 so one normalizer
 /// reads every scanner.
-enum SARIFConverters {
+package enum SARIFConverters {
     static let schema = "https://json.schemastore.org/sarif-2.1.0.json"
 
     static func document(tool: String, informationURI: String?, rules: [JSONValue], results: [JSONValue]) -> JSONValue {
@@ -59,7 +59,7 @@ enum SARIFConverters {
 
     // MARK: shellcheck -f json1
 
-    static func shellcheck(_ data: Data) throws -> JSONValue {
+    package static func shellcheck(_ data: Data) throws -> JSONValue {
         let input = try JSONDecoder().decode(JSONValue.self, from: data)
         var rules: [String: JSONValue] = [:]
         var results: [JSONValue] = []
@@ -92,7 +92,7 @@ enum SARIFConverters {
 
     // MARK: detect-secrets scan
 
-    static func detectSecrets(_ data: Data) throws -> JSONValue {
+    package static func detectSecrets(_ data: Data) throws -> JSONValue {
         let input = try JSONDecoder().decode(JSONValue.self, from: data)
         var rules: [String: JSONValue] = [:]
         var results: [JSONValue] = []

@@ -47,8 +47,8 @@ public enum FindingsBatchParser {
         public var findings: [Finding]
         /// The body as received, followed by the decoded text of strings that had escapes.
         public let storage: [UInt8]
-        let bodyCount: Int
-        let cweSpans: [Span]
+        package let bodyCount: Int
+        package let cweSpans: [Span]
 
         /// The text of a span.
         public func text(_ span: Span) -> String {
@@ -97,7 +97,8 @@ public enum FindingsBatchParser {
             do {
                 try parser.document()
             } catch {
-                return .failure(Invalid(reason: "not JSON"))
+                return .failure(
+                    Invalid(reason: parser.duplicateName ? "a member name appears twice in one object" : "not JSON"))
             }
             return parser.batch(body: body)
         }
@@ -145,6 +146,9 @@ private struct Parser {
     /// rewritten for jsonb).
     var sawEscapeJSONBRefuses = false
     var topIsObject = false
+    /// Set when a syntax error is a member name given twice in one object: readers disagree on
+    /// which one counts (first, last), so such a document is refused rather than read one way.
+    var duplicateName = false
 
     // The envelope, as found.
     var unknownTopKey: String?
@@ -369,6 +373,19 @@ private struct Parser {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// A hash of a member name's decoded text (a name with escapes is decoded first).
+    func nameHash(_ token: StringToken) -> Int {
+        var hasher = Hasher()
+        if token.escaped {
+            var out: [UInt8] = []
+            decode(token, into: &out)
+            out.withUnsafeBytes { hasher.combine(bytes: $0) }
+        } else {
+            hasher.combine(bytes: UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: p[token.start..<token.end])))
+        }
+        return hasher.finalize()
+    }
+
     /// Whether a key is `name` (which is ASCII).
     func key(_ token: StringToken, is name: StaticString) -> Bool {
         guard !token.escaped else { return text(token) == name.description }
@@ -458,9 +475,19 @@ private struct Parser {
             i += 1
             return
         }
+        var hashes = Set<Int>()
+        var names: [StringToken] = []
         repeat {
             skipWhitespace()
             let name = try string()
+            let hash = nameHash(name)
+            if !hashes.insert(hash).inserted,
+                names.contains(where: { nameHash($0) == hash && text($0) == text(name) })
+            {
+                duplicateName = true
+                throw Syntax()
+            }
+            names.append(name)
             skipWhitespace()
             try expect(0x3A)
             skipWhitespace()

@@ -4,7 +4,7 @@ import Foundation
 /// Software composition analysis offline: a CycloneDX SBOM (syft) matched against a directory of
 /// OSV-format advisories. No advisory directory means no verdict — the scanner is reported as
 /// skipped with "advisory database unavailable", never as clean.
-struct OSVDatabase {
+package struct OSVDatabase {
     struct Advisory {
         var id: String
         var aliases: [String]
@@ -18,7 +18,7 @@ struct OSVDatabase {
     private(set) var byPackage: [String: [Advisory]] = [:]
     private(set) var count = 0
 
-    init(directory: String) throws {
+    package init(directory: String) throws {
         let enumerator = FileManager.default.enumerator(atPath: directory)
         while let relative = enumerator?.nextObject() as? String {
             guard relative.hasSuffix(".json") else { continue }
@@ -63,7 +63,7 @@ struct OSVDatabase {
     ]
 
     /// The SBOM's components that an advisory affects → SARIF.
-    func match(sbom: JSONValue) -> JSONValue {
+    package func match(sbom: JSONValue) -> JSONValue {
         var rules: [String: JSONValue] = [:]
         var results: [JSONValue] = []
         for component in sbom["components"]?.arrayValue ?? [] {
