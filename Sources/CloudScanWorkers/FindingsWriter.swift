@@ -282,6 +282,21 @@ public struct FindingsWriter: Service {
                         Int64(try row.decode(Int.self, at: 4))
                     )
                 }
+                // Batches already recorded for finished scans: a redelivery of one is a duplicate
+                // (acked, written as nothing new); any other batch for a finished scan is refused.
+                let finishedIDs = found.filter { $0.value.status.isFinal }.map(\.key)
+                var recorded: Set<String> = []
+                if !finishedIDs.isEmpty {
+                    for row in try await c.query(
+                        """
+                        SELECT scan_id, attempt, batch_index FROM scan_findings_batches
+                        WHERE scan_id = ANY(\(finishedIDs.map(\.uuidString))::uuid[])
+                        """)
+                    {
+                        recorded.insert(
+                            "\(try row.decode(UUID.self, at: 0)):\(try row.decode(Int.self, at: 1)):\(try row.decode(Int.self, at: 2))")
+                    }
+                }
                 for item in group {
                     if let envelope = item.refusedEnvelope {
                         if let scan = found[envelope.scanID], scan.attempt == envelope.attempt {
@@ -304,8 +319,11 @@ public struct FindingsWriter: Service {
                             "attempt \(batch.attempt) is not the scan's current attempt \(scan.attempt)"
                         continue
                     }
-                    guard [.dispatched, .running, .completed, .failed].contains(scan.status) else {
-                        refused[ItemKey(item.delivery)] = "scan is \(scan.status.rawValue): it takes no findings"
+                    guard [.dispatched, .running].contains(scan.status)
+                        || recorded.contains("\(batch.scanID):\(batch.attempt):\(batch.batchIndex)")
+                    else {
+                        refused[ItemKey(item.delivery)] =
+                            "scan is \(scan.status.rawValue): a \(scan.status.isFinal ? "finished" : "waiting") scan takes no findings"
                         continue
                     }
                     accepted.append((item, scan.createdAt, scan.micros))

@@ -86,6 +86,22 @@ public struct StatusWriter: Sendable {
             "attempt": "\(report.attempt)",
             "status": "\(status.rawValue)",
         ]
+        if status.isFinal {
+            // A redelivery of the report that finished it is a duplicate; anything else is a
+            // runner credential used after its scan ended.
+            let seen = try await c.query(
+                """
+                SELECT 1 FROM scan_events WHERE scan_id = \(report.scanID) AND message_id = \(messageID)
+                UNION ALL
+                SELECT 1 FROM scans WHERE id = \(report.scanID) AND completion_report->>'message_id' = \(messageID)
+                """)
+            if messageID != nil && !seen.isEmpty {
+                logger.debug("report for a finished scan seen before", metadata: log)
+                return .ack
+            }
+            return .deadLetter(
+                reason: "scan \(report.scanID) is \(status.rawValue): a finished scan takes no more reports")
+        }
         guard report.attempt == attempt else {
             logger.info(
                 "report of another attempt ignored",

@@ -28,6 +28,29 @@ struct StatusWriterTests {
             let state = try await h.scanState(scan)
             #expect(state.status == "completed")
             #expect(state.events == ["queued", "dispatched", "running", "completed"])
+            // The redelivered completed report is a duplicate (acked); the late started, heartbeat
+            // and failed are a runner credential used after its scan ended: dead-lettered.
+            let dead = try await h.deadLetters("cloudscan.status.ingest", count: 3)
+            #expect(dead.count == 3 && dead.allSatisfy { $0.1.contains("a finished scan takes no more reports") })
+        }
+    }
+
+    @Test("findings for a finished scan are dead-lettered; a redelivered batch it already has is not")
+    func findingsAfterTheEnd() async throws {
+        try await WritersHarness.run("swfinished") { h in
+            let scan = try await h.dispatchedScan()
+            try await h.publish(h.report(scan, .started))
+            let first = h.batch(scan, index: 0, findings: [WritersHarness.finding(1)])
+            try await h.publish(first)
+            try await h.publish(h.report(scan, .completed, batches: 1))
+            #expect(try await h.eventually { try await h.scanState(scan).status == "completed" })
+            try await h.publish(first)  // a redelivery
+            try await h.publish(h.batch(scan, index: 1, findings: [WritersHarness.finding(2)]))
+            let dead = try await h.deadLetters("cloudscan.findings.ingest", count: 1)
+            #expect(dead.count == 1 && dead[0].1.contains("finished scan takes no findings"), "\(dead)")
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await h.findingsCount(scan) == 1)
+            #expect(try await h.deadLetters("cloudscan.findings.ingest", count: 1, within: 2).isEmpty)
         }
     }
 
