@@ -110,7 +110,7 @@ public struct Dispatcher: Sendable {
         {
             return .deadLetter(reason: "x-organization-id does not match the message's organization_id")
         }
-        return try await withRetries("dispatch", scanID: command.scanID, delivery) {
+        return try await withRetries("dispatch", scanID: command.scanID, organizationID: command.organizationID, delivery) {
             switch try await dispatch(command, messageID: delivery.message.messageID) {
             case .done: return .ack
             case .invalid(let reason): return .deadLetter(reason: reason)
@@ -124,7 +124,8 @@ public struct Dispatcher: Sendable {
     /// pausing between tries (doubling), then parks the message in a delay tier; a PostgreSQL
     /// failure parks it at once.
     private func withRetries(
-        _ what: String, scanID: UUID, _ delivery: AMQPDelivery, _ body: () async throws -> Outcome
+        _ what: String, scanID: UUID, organizationID: UUID? = nil, _ delivery: AMQPDelivery,
+        _ body: () async throws -> Outcome
     ) async throws -> Outcome {
         var pause = configuration.backendBackoff
         for tryNumber in 1...max(1, configuration.backendTries) {
@@ -141,6 +142,18 @@ public struct Dispatcher: Sendable {
                 }
                 try await Task.sleep(for: pause)
                 pause *= 2
+            } catch let error as PostgresError where error.isUniqueViolation && error.constraint == "scan_ids_pkey" {
+                // The id is registered already. A twin delivery of this very message may have made
+                // it in this organization (then the next delivery finds it); otherwise the id is
+                // another scan's — perhaps another organization's — and the message is refused.
+                if let organizationID,
+                    try await client.withTransaction(organizationID: organizationID, { c in
+                        try await c.query("SELECT 1 FROM scans WHERE id = \(scanID)").first != nil
+                    })
+                {
+                    return .retry
+                }
+                return .deadLetter(reason: "scan_id \(scanID.uuidString.lowercased()) is already in use")
             } catch let error as PostgresError where error.isDataError {
                 // The message's data, not an outage: the same message fails the same way again.
                 logger.warning(

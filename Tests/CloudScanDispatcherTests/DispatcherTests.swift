@@ -127,7 +127,7 @@ struct DispatcherTests {
                         .utf8)
             }
             let fullwidth = String(repeating: "\u{FF10}", count: 64)
-            let cases: [(String, Data, String)] = [
+            var cases: [(String, Data, String)] = [
                 // Fullwidth digits once passed a Unicode-wide hex check and failed PostgreSQL's CHECK,
                 // which parked the message in the delay tiers again and again.
                 ("fullwidth-sha", body(#"{"url":"https://x/a.tgz","sha256":"\#(fullwidth)"}"#), "artifact.sha256"),
@@ -153,6 +153,17 @@ struct DispatcherTests {
                         extra: #","metadata":{\#((0..<65).map { "\"k\($0)\":1" }.joined(separator: ","))}"#), "metadata"
                 ),
             ]
+            // Another organization's scan id, published by this organization's gateway.
+            let theirs = try await h.service.createScan(
+                organizationID: h.other,
+                request: CreateScanRequest(
+                    project: .init(externalKey: "proj-other"), scanTypes: ["sast"],
+                    artifactURL: "https://storage.local/theirs.tgz")
+            ).scan.id
+            let stolen = Data(
+                #"{"scan_id":"\#(theirs.uuidString.lowercased())","organization_id":"\#(org)","project":{"external_key":"proj-123"},"scan_types":["sast"],"artifact":{"url":"https://x/a.tgz"},"requested_at":"2026-12-07T00:00:00.000Z"}"#
+                    .utf8)
+            cases.append(("foreign-scan-id", stolen, "is already in use"))
             for (id, data, _) in cases {
                 try await h.publishRaw(
                     data, type: "scan.create.v1", routingKey: "scan.create", organization: h.organization, messageID: id
@@ -168,6 +179,10 @@ struct DispatcherTests {
                 try await c.query("SELECT count(*) FROM scans").single().decode(Int.self, at: 0)
             }
             #expect(scans == 0, "none of them made a scan")
+            let theirCount = try await h.app.withTransaction(organizationID: h.other) { c in
+                try await c.query("SELECT count(*) FROM scans WHERE id = \(theirs)").single().decode(Int.self, at: 0)
+            }
+            #expect(theirCount == 1, "the other organization's scan is untouched and still one")
             #expect(await h.jobNames().isEmpty)
         }
     }
