@@ -42,10 +42,15 @@ public struct KubernetesJobBackend: JobBackend {
 
     public func start(_ assignment: RunnerAssignment) async throws {
         do {
+            var madeSecret = false
             do {
                 _ = try await client.createSecret(builder.secret(assignment))
+                madeSecret = true
             } catch let error as KubernetesError where error.isAlreadyExists {
-                // A redelivery: the token is an HMAC of the attempt, so the Secret holds the same.
+                // A redelivery: the token is an HMAC of the attempt, so the Secret holds the same —
+                // if it is this scan's and organization's, not a stranger's of the same name.
+                let existing = try await client.getSecret(assignment.jobName)
+                try Self.requireOwnLabels(existing.metadata.labels, assignment, what: "Secret")
             }
             let job: Job
             do {
@@ -54,11 +59,12 @@ public struct KubernetesJobBackend: JobBackend {
                 // The deterministic name: this attempt's Job exists already (a redelivery after a
                 // crash). Make sure it is this scan's, not a stranger's with the same name.
                 job = try await client.getJob(assignment.jobName)
-                let scan = job.metadata.labels?[JobSpecBuilder.Label.scanID]
-                guard scan == assignment.scanID.uuidString.lowercased() else {
-                    throw JobBackendError(
-                        permanent: true, reason: "job_name_conflict",
-                        message: "Job \(assignment.jobName) exists for another scan (\(scan ?? "none"))")
+                do {
+                    try Self.requireOwnLabels(job.metadata.labels, assignment, what: "Job")
+                } catch {
+                    // The Secret made just now would outlive the refusal (nothing owns it).
+                    if madeSecret { try? await client.deleteSecret(assignment.jobName) }
+                    throw error
                 }
             }
             if let uid = job.metadata.uid {
@@ -93,6 +99,20 @@ public struct KubernetesJobBackend: JobBackend {
             throw Self.classify(error)
         } catch let error as HTTPClientError {
             throw Self.unreachable(error)
+        }
+    }
+
+    /// An existing object of the attempt's name must carry this scan's and this organization's
+    /// labels: a name is the scan id, but only the pair says whose it is.
+    static func requireOwnLabels(_ labels: [String: String]?, _ assignment: RunnerAssignment, what: String) throws {
+        let scan = labels?[JobSpecBuilder.Label.scanID]
+        let organization = labels?[JobSpecBuilder.Label.organizationID]
+        guard scan == assignment.scanID.uuidString.lowercased(),
+            organization == assignment.organizationID.uuidString.lowercased()
+        else {
+            throw JobBackendError(
+                permanent: true, reason: "job_name_conflict",
+                message: "\(what) \(assignment.jobName) exists for another scan or organization")
         }
     }
 

@@ -1,5 +1,6 @@
 import CloudScanAMQP
 import CloudScanCore
+import CloudScanDispatcher
 import CloudScanKubernetes
 import CloudScanPostgres
 import CloudScanService
@@ -466,5 +467,38 @@ struct GatewayPublishTests {
                 #expect(settled.contains(line), "\(line)\n\(settled.prefix(3000))")
             }
         }
+    }
+}
+
+@Suite("Kubernetes backend: names that someone else holds")
+struct JobNameConflictTests {
+    @Test(
+        "a Job or Secret of the attempt's name carrying another organization's label is not taken for this scan's",
+        arguments: ["Job", "Secret"])
+    func conflict(kind: String) async throws {
+        let standIn = try await KubernetesStandIn.start()
+        defer { Task { await standIn.stop() } }
+        let namespace = "cloudscan"
+        let client = KubernetesClient(
+            configuration: .init(server: standIn.server, namespace: namespace, token: KubernetesStandIn.adminToken))
+        let builder = JobSpecBuilder(configuration: .init(namespace: namespace))
+        let scan = UUID()
+        func assignment(_ organization: UUID) -> RunnerAssignment {
+            RunnerAssignment(
+                scanID: scan, organizationID: organization, attempt: 1, scanTypes: [.sast],
+                artifactURL: "https://storage.local/a.tgz", timeoutSeconds: 600, runnerToken: "v1.t")
+        }
+        let stranger = assignment(UUID())
+        // Someone made the name first, for the same scan id under another organization.
+        if kind == "Job" {
+            _ = try await client.createJob(builder.job(stranger))
+        } else {
+            _ = try await client.createSecret(builder.secret(stranger))
+        }
+        let backend = KubernetesJobBackend(client: client, builder: builder, logger: TestDatabase.logger("k8s"))
+        let error = await #expect(throws: JobBackendError.self) { try await backend.start(assignment(UUID())) }
+        #expect(error?.permanent == true && error?.reason == "job_name_conflict", "\(String(describing: error))")
+        // The stranger's own start is a redelivery: accepted.
+        try await backend.start(stranger)
     }
 }
