@@ -110,7 +110,9 @@ public struct Dispatcher: Sendable {
         {
             return .deadLetter(reason: "x-organization-id does not match the message's organization_id")
         }
-        return try await withRetries("dispatch", scanID: command.scanID, organizationID: command.organizationID, delivery) {
+        return try await withRetries(
+            "dispatch", scanID: command.scanID, organizationID: command.organizationID, delivery
+        ) {
             switch try await dispatch(command, messageID: delivery.message.messageID) {
             case .done: return .ack
             case .invalid(let reason): return .deadLetter(reason: reason)
@@ -147,9 +149,11 @@ public struct Dispatcher: Sendable {
                 // it in this organization (then the next delivery finds it); otherwise the id is
                 // another scan's — perhaps another organization's — and the message is refused.
                 if let organizationID,
-                    try await client.withTransaction(organizationID: organizationID, { c in
-                        try await c.query("SELECT 1 FROM scans WHERE id = \(scanID)").first != nil
-                    })
+                    try await client.withTransaction(
+                        organizationID: organizationID,
+                        { c in
+                            try await c.query("SELECT 1 FROM scans WHERE id = \(scanID)").first != nil
+                        })
                 {
                     return .retry
                 }

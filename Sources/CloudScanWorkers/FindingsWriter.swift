@@ -294,7 +294,8 @@ public struct FindingsWriter: Service {
                         """)
                     {
                         recorded.insert(
-                            "\(try row.decode(UUID.self, at: 0)):\(try row.decode(Int.self, at: 1)):\(try row.decode(Int.self, at: 2))")
+                            "\(try row.decode(UUID.self, at: 0)):\(try row.decode(Int.self, at: 1)):\(try row.decode(Int.self, at: 2))"
+                        )
                     }
                 }
                 for item in group {
@@ -319,8 +320,9 @@ public struct FindingsWriter: Service {
                             "attempt \(batch.attempt) is not the scan's current attempt \(scan.attempt)"
                         continue
                     }
-                    guard [.dispatched, .running].contains(scan.status)
-                        || recorded.contains("\(batch.scanID):\(batch.attempt):\(batch.batchIndex)")
+                    guard
+                        [.dispatched, .running].contains(scan.status)
+                            || recorded.contains("\(batch.scanID):\(batch.attempt):\(batch.batchIndex)")
                     else {
                         refused[ItemKey(item.delivery)] =
                             "scan is \(scan.status.rawValue): a \(scan.status.isFinal ? "finished" : "waiting") scan takes no findings"
