@@ -109,7 +109,10 @@ let package = Package(
         ),
 
         // Child processes in their own process group, with time limits.
-        .target(name: "CloudScanProcess"),
+        .target(name: "CloudScanProcess", dependencies: ["CProcessControl"]),
+        // prctl (variadic in C) for the runner: not dumpable, so its scanners cannot read its
+        // /proc entries (the runner token and broker URL in its environment) or ptrace it.
+        .target(name: "CProcessControl"),
 
         // The runner: artifact → archive → scanners → SARIF → findings and status messages.
         .target(
@@ -262,6 +265,7 @@ let package = Package(
                 "CloudScanAuth",
                 "CloudScanGRPC",
                 "CloudScanRunner",
+                "CloudScanProcess",
                 "CloudScanHTTP",
                 "CloudScanArchive",
                 "CloudScanMetrics",
@@ -269,6 +273,7 @@ let package = Package(
                 "CloudScanKubernetes",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -64,6 +64,10 @@ hostile = [
     [("x/a", SYM, b"", ".."), ("x/b", SYM, b"", "a/../..")], [("o", SYM, b"", "/tmp"), ("o/f", REG, b"x", "")],
     [("h", LNK, b"", "../etc/passwd")], [("d", SYM, b"", "."), ("d/d/d/", DIR, b"", "")], nested,
     [("f", REG, b"1", ""), ("f", REG, b"2", ""), ("f/g", REG, b"3", "")],
+    # Names that Swift's Characters split differently from the kernel's bytes.
+    [("../\u0301x", REG, b"x", "")],
+    [("d/up", SYM, b"", ".."), ("k\u0600", SYM, b"", "d/up/.."), ("k\u0600/f", REG, b"x", "")],
+    [("\u00e9/a/up", SYM, b"", "../.."), ("e\u0301/a/l", SYM, b"", "up/../.."), ("\u00e9/a/f", REG, b"x", "")],
 ]
 
 

@@ -1,3 +1,4 @@
+import CloudScanCore
 import Foundation
 import Logging
 
@@ -239,8 +240,60 @@ public struct AMQPTopology: Sendable, Codable, Hashable {
         }
     }
 
-    /// A RabbitMQ definitions document (`rabbitmqctl import_definitions`) for one vhost.
-    public func definitions(virtualHost: String) -> [String: Any] {
+    /// The runners' broker user: a runner publishes findings and status reports, and nothing
+    /// else. It may declare nothing, read nothing, and write only to `cloudscan.findings` (routing
+    /// keys `findings.*`) and `cloudscan.status` (`status.*`).
+    public struct RunnerUser: Sendable {
+        public var name: String
+        /// `rabbit_password_hashing_sha256` form: base64(salt ‖ SHA-256(salt ‖ password)).
+        public var passwordHash: String
+
+        public init(name: String, passwordHash: String) {
+            self.name = name
+            self.passwordHash = passwordHash
+        }
+
+        public static let configure = "^$"
+        public static let read = "^$"
+        public static var write: String {
+            "^("
+                + [Exchanges.findings, Exchanges.status].map { $0.replacingOccurrences(of: ".", with: "\\.") }
+                .joined(separator: "|") + ")$"
+        }
+        /// Routing keys per exchange (topic permissions).
+        public static var topics: [(exchange: String, write: String)] {
+            [(Exchanges.findings, "^findings\\.[a-z]+$"), (Exchanges.status, "^status\\.[a-z]+$")]
+        }
+    }
+
+    /// A RabbitMQ definitions document (`rabbitmqctl import_definitions`) for one vhost, with the
+    /// runners' user and its permissions when given.
+    public func definitions(virtualHost: String, runnerUser: RunnerUser? = nil) -> [String: Any] {
+        var document = definitionsWithoutUsers(virtualHost: virtualHost)
+        if let runnerUser {
+            document["users"] = [
+                [
+                    "name": runnerUser.name, "password_hash": runnerUser.passwordHash,
+                    "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": "",
+                ] as [String: Any]
+            ]
+            document["permissions"] = [
+                [
+                    "user": runnerUser.name, "vhost": virtualHost, "configure": RunnerUser.configure,
+                    "write": RunnerUser.write, "read": RunnerUser.read,
+                ]
+            ]
+            document["topic_permissions"] = RunnerUser.topics.map {
+                [
+                    "user": runnerUser.name, "vhost": virtualHost, "exchange": $0.exchange, "write": $0.write,
+                    "read": "^$",
+                ]
+            }
+        }
+        return document
+    }
+
+    func definitionsWithoutUsers(virtualHost: String) -> [String: Any] {
         func json(_ value: AMQPFieldValue) -> Any {
             switch value {
             case .string(let s): return s

@@ -108,26 +108,65 @@ public enum ArchiveExtractor {
     }
 
     /// An entry's path made relative and clean, or an error if it is absolute or climbs out.
-    static func safeRelativePath(_ name: String) throws -> String? {
-        guard !name.contains("\0") else { throw ArchiveError(.pathEscape, "an entry name holds a NUL byte") }
-        guard !name.hasPrefix("/"), !name.hasPrefix("\\"), !(name.count >= 2 && name.dropFirst().first == ":") else {
+    /// Worked out on UTF-8 bytes, as the kernel splits paths: a `/` followed by a combining mark is
+    /// one `Character` to Swift but two components to the kernel, so no check here looks at
+    /// characters. `\\` separates too (archives made on Windows).
+    static func safeRelativePath(_ name: String) throws -> EntryPath? {
+        let bytes = Array(name.utf8)
+        guard !bytes.contains(0) else { throw ArchiveError(.pathEscape, "an entry name holds a NUL byte") }
+        guard bytes.first != 0x2F, bytes.first != 0x5C, !(bytes.count >= 2 && bytes[1] == 0x3A) else {
             throw ArchiveError(.pathEscape, "entry \(quoted(name)) has an absolute path")
         }
-        var parts: [Substring] = []
-        for part in name.split(whereSeparator: { $0 == "/" || $0 == "\\" }) {
-            if part == "." || part.isEmpty { continue }
-            if part == ".." { throw ArchiveError(.pathEscape, "entry \(quoted(name)) climbs out with ..") }
-            parts.append(part)
+        var parts: [[UInt8]] = []
+        for part in bytes.split(whereSeparator: { $0 == 0x2F || $0 == 0x5C }) {
+            if part.elementsEqual([0x2E]) { continue }
+            if part.elementsEqual([0x2E, 0x2E]) {
+                throw ArchiveError(.pathEscape, "entry \(quoted(name)) climbs out with ..")
+            }
+            guard part.count <= 255 else {
+                throw ArchiveError(.corrupt, "a component of an entry's path is over 255 bytes")
+            }
+            parts.append(Array(part))
         }
         guard !parts.isEmpty else { return nil }
-        let path = parts.joined(separator: "/")
-        guard path.utf8.count <= 4096 else { throw ArchiveError(.corrupt, "an entry's path is over 4096 bytes") }
+        let path = EntryPath(components: parts)
+        // Below PATH_MAX with the root's own path in front: the resolver stats whole paths.
+        guard path.bytes.count < 3072 else { throw ArchiveError(.corrupt, "an entry's path is over 3 KiB") }
         return path
     }
 
     static func quoted(_ name: String) -> String {
         "\"\(name.prefix(200).replacingOccurrences(of: "\"", with: "\\\""))\""
     }
+}
+
+// MARK: - Paths as bytes
+
+/// A clean relative path inside the extraction root, as the kernel sees it: components of bytes
+/// (no `/`, no NUL, never `.` or `..`). Compared and hashed as bytes — Swift `String` equality is
+/// canonical equivalence (`é` == `e` + U+0301), which the filesystem does not share.
+struct EntryPath: Hashable {
+    let components: [[UInt8]]
+
+    init(components: [[UInt8]]) { self.components = components }
+
+    static let root = EntryPath(components: [])
+
+    var isRoot: Bool { components.isEmpty }
+    /// The components joined by `/`.
+    var bytes: [UInt8] { Array(components.joined(separator: [0x2F])) }
+    var parent: EntryPath { EntryPath(components: Array(components.dropLast())) }
+    var name: [UInt8] { components.last ?? [] }
+    /// For messages only.
+    var text: String { String(decoding: bytes, as: UTF8.self) }
+
+    func appending(_ component: [UInt8]) -> EntryPath { EntryPath(components: components + [component]) }
+}
+
+/// Runs `body` with `bytes` as a NUL-terminated C string. The bytes are always valid UTF-8 here
+/// (split from a Swift string at `/`), which a `String` holds unchanged — no normalization.
+func withCString<R>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) -> R) -> R {
+    String(decoding: bytes, as: UTF8.self).withCString(body)
 }
 
 // MARK: - Writing the tree
@@ -139,11 +178,13 @@ final class TreeWriter {
     private(set) var summary = ArchiveExtractor.Summary(files: 0, directories: 0, symlinks: 0, bytes: 0)
     private let rootFD: Int32
     private enum Kind { case file, directory, symlink }
-    /// What this archive made at each relative path (directories made implicitly included).
-    private var kinds: [String: Kind] = [:]
-    private var links: [(path: String, target: String)] = []
-    /// Open descriptors of directories under the root, by relative path; trimmed between entries.
-    private var directoryFDs: [String: Int32] = [:]
+    /// What this archive made at each path (directories made implicitly included).
+    private var kinds: [EntryPath: Kind] = [:]
+    private var links: [(path: EntryPath, target: [UInt8])] = []
+    /// Open descriptors of directories under the root; trimmed between entries.
+    private var directoryFDs: [EntryPath: Int32] = [:]
+    /// Components the link resolver may still visit (against archives built to make it slow).
+    private var resolverBudget = 4_000_000
 
     init(root: String, limits: ArchiveLimits, compressedSize: Int) throws {
         self.limits = limits
@@ -181,47 +222,43 @@ final class TreeWriter {
         }
     }
 
-    /// A clean relative path split into its directory ("" for the root) and its last component.
-    private func split(_ relative: String) -> (directory: String, name: String) {
-        guard let slash = relative.lastIndex(of: "/") else { return ("", relative) }
-        return (String(relative[..<slash]), String(relative[relative.index(after: slash)...]))
-    }
-
     /// The descriptor of a directory under the root, walked one component at a time without
-    /// following any link; with `create`, missing directories are made. Owned by the cache.
-    private func directoryFD(_ relative: String, create: Bool) throws -> Int32 {
-        if relative.isEmpty { return rootFD }
-        if let fd = directoryFDs[relative] { return fd }
+    /// following any link (each `openat` names a single component, so there is no path in which
+    /// the kernel could meet a link); with `create`, missing directories are made.
+    private func directoryFD(_ path: EntryPath, create: Bool) throws -> Int32 {
+        if path.isRoot { return rootFD }
+        if let fd = directoryFDs[path] { return fd }
         var parentFD = rootFD
-        var current = ""
-        for part in relative.split(separator: "/") {
-            current = current.isEmpty ? String(part) : current + "/" + part
+        var current = EntryPath.root
+        for component in path.components {
+            current = current.appending(component)
             if let cached = directoryFDs[current] {
                 parentFD = cached
                 continue
             }
-            let name = String(part)
             if create && kinds[current] == nil {
-                if mkdirat(parentFD, name, 0o755) == 0 {
+                if withCString(component, { mkdirat(parentFD, $0, 0o755) }) == 0 {
                     kinds[current] = .directory
                     summary.directories += 1
                 } else if errno != EEXIST {
-                    throw ArchiveError(.corrupt, "cannot create \(ArchiveExtractor.quoted(current)): \(errnoText())")
+                    throw ArchiveError(
+                        .corrupt, "cannot create \(ArchiveExtractor.quoted(current.text)): \(errnoText())")
                 }
             }
-            let fd = openat(parentFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let fd = withCString(component) { openat(parentFD, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             guard fd >= 0 else {
                 let failure = errno
                 if kinds[current] == .symlink || failure == ELOOP {
                     throw ArchiveError(
                         .linkEscape,
-                        "\(ArchiveExtractor.quoted(relative)) passes through the symbolic link \(ArchiveExtractor.quoted(current))"
+                        "\(ArchiveExtractor.quoted(path.text)) passes through the symbolic link \(ArchiveExtractor.quoted(current.text))"
                     )
                 }
                 if kinds[current] == .file || failure == ENOTDIR {
-                    throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(current)) is both a file and a directory")
+                    throw ArchiveError(
+                        .corrupt, "\(ArchiveExtractor.quoted(current.text)) is both a file and a directory")
                 }
-                throw ArchiveError(.corrupt, "cannot open \(ArchiveExtractor.quoted(current)): \(errnoText())")
+                throw ArchiveError(.corrupt, "cannot open \(ArchiveExtractor.quoted(current.text)): \(errnoText())")
             }
             directoryFDs[current] = fd
             parentFD = fd
@@ -229,42 +266,44 @@ final class TreeWriter {
         return parentFD
     }
 
-    func directory(_ relative: String) throws {
+    func directory(_ path: EntryPath) throws {
         try countEntry()
-        if kinds[relative] == .file || kinds[relative] == .symlink {
-            throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(relative)) is both a directory and a file or link")
+        if kinds[path] == .file || kinds[path] == .symlink {
+            throw ArchiveError(
+                .corrupt, "\(ArchiveExtractor.quoted(path.text)) is both a directory and a file or link")
         }
-        _ = try directoryFD(relative, create: true)
+        _ = try directoryFD(path, create: true)
     }
 
-    /// Makes room for an entry at `relative`: its parent directories exist, and an earlier
-    /// regular file of the same name is replaced. Returns the parent's descriptor and the name.
-    private func place(_ relative: String, as what: String) throws -> (Int32, String) {
-        let (directory, name) = split(relative)
-        let parent = try directoryFD(directory, create: true)
-        switch kinds[relative] {
+    /// Makes room for an entry at `path`: its parent directories exist, and an earlier regular
+    /// file of the same name is replaced. Returns the parent's descriptor.
+    private func place(_ path: EntryPath, as what: String) throws -> Int32 {
+        let parent = try directoryFD(path.parent, create: true)
+        switch kinds[path] {
         case .directory?:
-            throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(relative)) is both a directory and \(what)")
+            throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(path.text)) is both a directory and \(what)")
         case .symlink?:
-            throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(relative)) is both a symbolic link and \(what)")
+            throw ArchiveError(.corrupt, "\(ArchiveExtractor.quoted(path.text)) is both a symbolic link and \(what)")
         case .file?:
-            _ = unlinkat(parent, name, 0)
+            _ = withCString(path.name) { unlinkat(parent, $0, 0) }
             summary.files -= 1
         case nil:
             break
         }
-        return (parent, name)
+        return parent
     }
 
     /// Opens a regular file for writing (replacing an earlier file entry of the same name).
-    func beginFile(_ relative: String, executable: Bool) throws -> Int32 {
+    func beginFile(_ path: EntryPath, executable: Bool) throws -> Int32 {
         try countEntry()
-        let (parent, name) = try place(relative, as: "a file")
-        let fd = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, executable ? 0o755 : 0o644)
-        guard fd >= 0 else {
-            throw ArchiveError(.corrupt, "cannot create \(ArchiveExtractor.quoted(relative)): \(errnoText())")
+        let parent = try place(path, as: "a file")
+        let fd = withCString(path.name) {
+            openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, executable ? 0o755 : 0o644)
         }
-        kinds[relative] = .file
+        guard fd >= 0 else {
+            throw ArchiveError(.corrupt, "cannot create \(ArchiveExtractor.quoted(path.text)): \(errnoText())")
+        }
+        kinds[path] = .file
         summary.files += 1
         return fd
     }
@@ -283,56 +322,60 @@ final class TreeWriter {
     }
 
     /// A hard link to a regular file this archive already wrote: `linkat`, no second copy.
-    func hardLink(_ relative: String, target: String) throws {
+    func hardLink(_ path: EntryPath, target: String) throws {
         try countEntry()
         guard let targetPath = try? ArchiveExtractor.safeRelativePath(target), kinds[targetPath] == .file,
-            targetPath != relative
+            targetPath != path
         else {
             throw ArchiveError(
                 .linkEscape,
-                "hard link \(ArchiveExtractor.quoted(relative)) points at \(ArchiveExtractor.quoted(target)), not a file of this archive"
+                "hard link \(ArchiveExtractor.quoted(path.text)) points at \(ArchiveExtractor.quoted(target)), not a file of this archive"
             )
         }
-        let (targetDirectory, targetName) = split(targetPath)
-        let targetParent = try directoryFD(targetDirectory, create: false)
-        let (parent, name) = try place(relative, as: "a hard link")
-        guard linkat(targetParent, targetName, parent, name, 0) == 0 else {
-            throw ArchiveError(.corrupt, "cannot create \(ArchiveExtractor.quoted(relative)): \(errnoText())")
+        let targetParent = try directoryFD(targetPath.parent, create: false)
+        let parent = try place(path, as: "a hard link")
+        let linked = withCString(targetPath.name) { from in
+            withCString(path.name) { to in linkat(targetParent, from, parent, to, 0) }
         }
-        kinds[relative] = .file
+        guard linked == 0 else {
+            throw ArchiveError(.corrupt, "cannot create \(ArchiveExtractor.quoted(path.text)): \(errnoText())")
+        }
+        kinds[path] = .file
         summary.files += 1
     }
 
     /// A symbolic link, made at once: no later entry is ever created through it.
-    func symlink(_ relative: String, target: String) throws {
+    func symlink(_ path: EntryPath, target: String) throws {
         try countEntry()
         let escape = ArchiveError(
             .linkEscape,
-            "symbolic link \(ArchiveExtractor.quoted(relative)) points at \(ArchiveExtractor.quoted(target)), outside the archive"
+            "symbolic link \(ArchiveExtractor.quoted(path.text)) points at \(ArchiveExtractor.quoted(target)), outside the archive"
         )
-        guard !target.isEmpty, !target.hasPrefix("/"), !target.contains("\0"), target.utf8.count <= 4096 else {
-            throw escape
-        }
-        // Lexically first: the link's directory joined with the target must stay inside.
-        var depth = relative.split(separator: "/").count - 1
-        for part in target.split(separator: "/") where part != "." {
-            depth += part == ".." ? -1 : 1
+        let bytes = Array(target.utf8)
+        guard !bytes.isEmpty, bytes.first != 0x2F, !bytes.contains(0), bytes.count <= 4096 else { throw escape }
+        // Lexically first (on bytes, as the kernel splits): the link's directory joined with the
+        // target must stay inside.
+        var depth = path.components.count - 1
+        for part in bytes.split(separator: 0x2F) where !part.elementsEqual([0x2E]) {
+            depth += part.elementsEqual([0x2E, 0x2E]) ? -1 : 1
             if depth < 0 { throw escape }
         }
-        let (parent, name) = try place(relative, as: "a symbolic link")
-        guard symlinkat(target, parent, name) == 0 else {
-            throw ArchiveError(.corrupt, "cannot create link \(ArchiveExtractor.quoted(relative)): \(errnoText())")
+        let parent = try place(path, as: "a symbolic link")
+        let made = withCString(bytes) { target in withCString(path.name) { symlinkat(target, parent, $0) } }
+        guard made == 0 else {
+            throw ArchiveError(.corrupt, "cannot create link \(ArchiveExtractor.quoted(path.text)): \(errnoText())")
         }
-        kinds[relative] = .symlink
-        links.append((relative, target))
+        kinds[path] = .symlink
+        links.append((path, bytes))
         summary.symlinks += 1
     }
 
     /// Removes every symbolic link this archive made (a refused archive's).
     func removeLinks() {
         for (link, _) in links {
-            let (directory, name) = split(link)
-            if let parent = try? directoryFD(directory, create: false) { _ = unlinkat(parent, name, 0) }
+            if let parent = try? directoryFD(link.parent, create: false) {
+                _ = withCString(link.name) { unlinkat(parent, $0, 0) }
+            }
         }
         links.removeAll()
     }
@@ -340,13 +383,13 @@ final class TreeWriter {
     /// Checks where each link really resolves, following links through links inside the root;
     /// on an escape the archive is refused (and ``removeLinks()`` removes them all).
     func finish() throws {
-        for (relative, target) in links {
-            switch resolve(relative) {
+        for (path, target) in links {
+            switch resolve(path) {
             case .inside: continue
             case .outside, .loop:
                 throw ArchiveError(
                     .linkEscape,
-                    "symbolic link \(ArchiveExtractor.quoted(relative)) → \(ArchiveExtractor.quoted(target)) resolves outside the archive"
+                    "symbolic link \(ArchiveExtractor.quoted(path.text)) → \(ArchiveExtractor.quoted(String(decoding: target, as: UTF8.self))) resolves outside the archive"
                 )
             }
         }
@@ -354,34 +397,48 @@ final class TreeWriter {
 
     enum Resolution { case inside, outside, loop }
 
-    /// Resolves the link at `relative` the way the kernel would, but beneath the root: a `..`
-    /// above the root or an absolute target is `outside`. Missing components stay lexical.
-    func resolve(_ relative: String) -> Resolution {
-        var stack = relative.split(separator: "/").dropLast().map(String.init)
-        var pending = [relative.split(separator: "/").last.map(String.init) ?? ""]
+    /// Resolves the link at `path` the way the kernel would, but beneath the root: a `..` above the
+    /// root or an absolute target is `outside`. A missing component stays lexical (the kernel stops
+    /// there); any other failure to look (a name too long, …) counts as `outside`.
+    func resolve(_ path: EntryPath) -> Resolution {
+        var stack = path.parent.components
+        var pending = [path.name]
         var hops = 0
         while let part = pending.popLast() {
-            if part.isEmpty || part == "." { continue }
-            if part == ".." {
+            resolverBudget -= 1
+            if resolverBudget < 0 { return .loop }
+            if part.isEmpty || part.elementsEqual([0x2E]) { continue }
+            if part.elementsEqual([0x2E, 0x2E]) {
                 if stack.isEmpty { return .outside }
                 stack.removeLast()
                 continue
             }
-            let candidate = (stack + [part]).joined(separator: "/")
+            let candidate = EntryPath(components: stack + [part]).bytes
             var info = stat()
-            guard fstatat(rootFD, candidate, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFLNK else {
+            if withCString(candidate, { fstatat(rootFD, $0, &info, AT_SYMLINK_NOFOLLOW) }) != 0 {
+                guard errno == ENOENT || errno == ENOTDIR else { return .outside }
+                stack.append(part)
+                continue
+            }
+            guard info.st_mode & S_IFMT == S_IFLNK else {
                 stack.append(part)
                 continue
             }
             hops += 1
             if hops > 40 { return .loop }
-            var buffer = [CChar](repeating: 0, count: 4097)
-            let count = readlinkat(rootFD, candidate, &buffer, 4096)
+            var buffer = [UInt8](repeating: 0, count: 4097)
+            let count = withCString(candidate) { name in
+                buffer.withUnsafeMutableBufferPointer { out in
+                    out.withMemoryRebound(to: CChar.self) { chars in
+                        guard let base = chars.baseAddress else { return -1 }
+                        return readlinkat(rootFD, name, base, 4096)
+                    }
+                }
+            }
             guard count > 0, count <= 4096 else { return .outside }
-            let target = String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if target.hasPrefix("/") { return .outside }
-            pending.append(
-                contentsOf: target.split(separator: "/", omittingEmptySubsequences: true).map(String.init).reversed())
+            let target = Array(buffer[0..<count])
+            if target.first == 0x2F { return .outside }
+            pending.append(contentsOf: target.split(separator: 0x2F).map { Array($0) }.reversed())
         }
         return .inside
     }

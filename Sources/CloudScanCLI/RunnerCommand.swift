@@ -3,6 +3,7 @@ import CloudScanAMQP
 import CloudScanArchive
 import CloudScanCore
 import CloudScanKubernetes
+import CloudScanProcess
 import CloudScanRunner
 import Foundation
 import Logging
@@ -55,9 +56,15 @@ struct RunnerCommand: AsyncParsableCommand {
     var logLevel: String?
 
     func run() async throws {
+        // First of all: the scanners this process runs read strangers' repositories, and this
+        // process's environment holds the runner token and the broker URL. Not dumpable, its
+        // /proc entries are root's and it cannot be ptraced by them (same user); their own
+        // environment is reduced to PATH, HOME, TMPDIR, locale and the catalog's.
+        let protected = ProcessProtection.forbidInspection()
         let environment = FleetSettings.values
         var logger = try makeFleetLogger(
             label: "cloudscan.runner", level: logLevel, environment: environment, defaultFormat: .json)
+        if !protected { logger.warning("could not make the runner non-dumpable; scanners may read its environment") }
         typealias Env = RunnerAssignment.Environment
         func required(_ key: String) throws -> String {
             guard let value = environment[key], !value.isEmpty else { throw ValidationError("\(key) is required") }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CloudScanAMQP
+import Crypto
 import Foundation
 
 /// `cloudscan topology apply|export`.
@@ -43,9 +44,22 @@ struct Topology: AsyncParsableCommand {
         @OptionGroup var common: Common
         @Option(help: "The vhost the definitions are for.") var vhost: String = "cloudscan"
         @Option(help: "Output file (default: standard output).") var output: String?
+        @Option(
+            help: """
+                Add the runners' broker user of this name (publish to cloudscan.findings and cloudscan.status \
+                only), with the password in RUNNER_AMQP_PASSWORD.
+                """)
+        var runnerUser: String?
 
         func run() async throws {
-            let definitions = try common.load().definitions(virtualHost: vhost)
+            var user: AMQPTopology.RunnerUser?
+            if let runnerUser {
+                guard let password = FleetSettings.values["RUNNER_AMQP_PASSWORD"], password.utf8.count >= 16 else {
+                    throw ValidationError("--runner-user needs RUNNER_AMQP_PASSWORD (16+ bytes)")
+                }
+                user = AMQPTopology.RunnerUser(name: runnerUser, passwordHash: Self.rabbitHash(password))
+            }
+            let definitions = try common.load().definitions(virtualHost: vhost, runnerUser: user)
             let data = try JSONSerialization.data(withJSONObject: definitions, options: [.prettyPrinted, .sortedKeys])
             if let output {
                 try data.write(to: URL(fileURLWithPath: output))
@@ -53,6 +67,15 @@ struct Topology: AsyncParsableCommand {
                 FileHandle.standardOutput.write(data)
                 print()
             }
+        }
+
+        /// RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt ‖ SHA-256(salt ‖ password)), 4
+        /// random salt bytes.
+        static func rabbitHash(_ password: String) -> String {
+            var generator = SystemRandomNumberGenerator()
+            let salt = (0..<4).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let digest = SHA256.hash(data: salt + Array(password.utf8))
+            return Data(salt + Array(digest)).base64EncodedString()
         }
     }
 }

@@ -5,6 +5,14 @@
 /// (`"a"` and `"\u0061"` are the same name). Syntax is not validated here: a malformed document
 /// gives nil, and the parser that follows refuses it.
 public enum JSONDuplicateNames {
+    /// Whether a message body is JSON text as RFC 8259 requires between systems: UTF-8, no byte
+    /// order mark, no NUL byte. Foundation's readers also take UTF-16 and UTF-32, which this scanner
+    /// (and the findings parser) do not read: such a body is refused before either looks at it.
+    public static func isPlainUTF8(_ bytes: [UInt8]) -> Bool {
+        guard !bytes.starts(with: [0xEF, 0xBB, 0xBF]), !bytes.contains(0) else { return false }
+        return String(validating: bytes, as: UTF8.self) != nil
+    }
+
     /// The first duplicated name (decoded, at most 64 characters), or nil.
     public static func first(in bytes: [UInt8]) -> String? {
         // One set of names per open container (nil for arrays); `expectingName` tracks whether the

@@ -372,6 +372,7 @@ extension ScanCreateMessage {
     /// when the body has the schema's shape; otherwise why not, naming the field.
     public static func wireProblem(_ body: [UInt8]) -> String? {
         guard body.count <= maximumBodyBytes else { return "body: over \(maximumBodyBytes) bytes" }
+        guard JSONDuplicateNames.isPlainUTF8(body) else { return "body: not UTF-8 JSON text" }
         if let name = JSONDuplicateNames.first(in: body) { return "\(name): given twice in one object" }
         guard let parsed = try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed]) else {
             return "body: not JSON"

@@ -279,8 +279,11 @@ extension CurlHTTPClient {
         _ = cloudscan_curl_setopt_ptr(handle, CURLOPT_RESOLVE, UnsafeRawPointer(resolveList))
         if !request.pinnedAddresses.isEmpty {
             _ = cloudscan_curl_setopt_long(handle, CURLOPT_FRESH_CONNECT, 1)
+            // A proxy from the environment would resolve the name itself and make the pin moot.
+            _ = "".withCString { cloudscan_curl_setopt_ptr(handle, CURLOPT_PROXY, $0) }
         } else {
             _ = cloudscan_curl_setopt_long(handle, CURLOPT_FRESH_CONNECT, 0)
+            _ = cloudscan_curl_setopt_ptr(handle, CURLOPT_PROXY, nil)
         }
         return (headerList, resolveList)
     }

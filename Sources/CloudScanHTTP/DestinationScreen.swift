@@ -83,7 +83,8 @@ public struct DestinationScreen: Sendable {
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
         "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
         "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        "::/128", "::1/128", "100::/64", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10", "fec0::/10",
+        "::/128", "::1/128", "::ffff:0:0:0/96", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "fc00::/7",
+        "fe80::/10", "fec0::/10",
         "ff00::/8",
     ].compactMap(IPNetwork.init)
 
@@ -176,7 +177,8 @@ public struct DestinationScreen: Sendable {
             guard parts.count <= 2 else { return nil }
             host = parts[0]
             portText = parts.count == 2 ? parts[1] : nil
-            guard !host.isEmpty,
+            // A trailing dot is refused: libcurl may look such a name up past the pin.
+            guard !host.isEmpty, !host.hasSuffix("."),
                 host.utf8.allSatisfy({
                     ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2D
                         || $0 == 0x2E || $0 == 0x5F

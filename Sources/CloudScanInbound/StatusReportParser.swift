@@ -21,6 +21,7 @@ public enum StatusReportParser {
 
     /// Decodes and checks a report against status.report.v1; the reason names the field.
     public static func parse(_ body: [UInt8]) -> Result<StatusReportMessage, FindingsBatchParser.Invalid> {
+        guard JSONDuplicateNames.isPlainUTF8(body) else { return .failure(.init(reason: "body: not UTF-8 JSON text")) }
         if let name = JSONDuplicateNames.first(in: body) {
             return .failure(.init(reason: "\(name): given twice in one object"))
         }

@@ -57,8 +57,15 @@ public struct ArtifactFetcher: Sendable {
         if let sha256 {
             let actual = try Self.sha256(path: path)
             guard actual == sha256.lowercased() else {
-                throw FetchError(
-                    reason: "artifact_checksum_mismatch", message: "sha256 is \(actual), the scan expects \(sha256)")
+                // Never the actual digest (it would tell what a URL or host path holds), and for a
+                // local file not even that it exists.
+                var failure =
+                    url.hasPrefix("file://")
+                    ? FetchError.unavailable
+                    : FetchError(
+                        reason: "artifact_checksum_mismatch", message: "the artifact's sha256 is not the scan's")
+                failure.detail = "sha256 is \(actual), the scan expects \(sha256)"
+                throw failure
             }
         }
         return path

@@ -102,7 +102,7 @@ public struct Runner: Sendable {
         } catch let error as ArchiveError {
             // A local file that is not an archive reads as one that is not there: the reason must
             // not tell which paths exist on the host.
-            if configuration.artifactURL.hasPrefix("file://") && error.reason == .unsupported {
+            if configuration.artifactURL.hasPrefix("file://") && [.unsupported, .corrupt].contains(error.reason) {
                 logger.warning("artifact is not an archive", metadata: ["detail": "\(error.message)"])
                 return try await fail(
                     reason: ArtifactFetcher.FetchError.unavailable.reason,

@@ -109,3 +109,19 @@ struct DuplicateNameTests {
         #expect(ScanCreateMessage.wireProblem(Array(create.utf8))?.contains("artifact: given twice") == true)
     }
 }
+
+@Suite("message text")
+struct MessageTextTests {
+    @Test(
+        "a body that is not plain UTF-8 (UTF-16, a byte order mark, NUL bytes, broken sequences) is refused before any reader sees it"
+    )
+    func notUTF8() {
+        let json = #"{"scan_id":"0b9a8c7d-6e5f-4a3b-9c2d-1e0f9a8b7c6d"}"#
+        let utf16 = Array(json.utf16).flatMap { [UInt8($0 & 0xFF), UInt8($0 >> 8)] }
+        for body in [utf16, [0xEF, 0xBB, 0xBF] + Array(json.utf8), Array(json.utf8) + [0], Array(json.utf8) + [0xC3]] {
+            #expect(!JSONDuplicateNames.isPlainUTF8(body))
+            #expect(ScanCreateMessage.wireProblem(body) == "body: not UTF-8 JSON text")
+        }
+        #expect(JSONDuplicateNames.isPlainUTF8(Array(json.utf8)))
+    }
+}

@@ -88,6 +88,8 @@ struct ArchiveExtractorTests {
             ("dir-under-link.tar.gz", .linkEscape),
             ("pax-short.tar", .corrupt),
             ("links-then-corrupt.tar", .corrupt),
+            ("combining-slash.tar.gz", .pathEscape),
+            ("prepend-slash.tar.gz", .linkEscape),
             ("pax-huge.tar", .corrupt),
             ("pax-signed.tar", .corrupt),
             ("pax-no-newline.tar", .corrupt),
@@ -104,7 +106,7 @@ struct ArchiveExtractorTests {
             }
             // Only the root itself is in the sandbox; nothing escaped next to it or above it.
             #expect(Self.tree(sandbox).allSatisfy { $0 == "root" || $0.hasPrefix("root/") }, "\(Self.tree(sandbox))")
-            for escaped in ["evil-zip-slip.txt", "evil-dotdot.txt"] {
+            for escaped in ["evil-zip-slip.txt", "evil-dotdot.txt", "\u{301}evil-combining.txt", "evil-prepend.txt"] {
                 #expect(!FileManager.default.fileExists(atPath: sandbox + "/../" + escaped))
             }
             #expect(!FileManager.default.fileExists(atPath: "/tmp/evil-absolute.txt"))
@@ -129,6 +131,21 @@ struct ArchiveExtractorTests {
                     let realRoot = URL(fileURLWithPath: root).resolvingSymlinksInPath().path
                     #expect(resolved.hasPrefix(realRoot), "\(path) → \(resolved)")
                 }
+            }
+        }
+    }
+
+    @Test("names are bytes: canonically equal names (NFC, NFD) are two directories, and no link between them escapes")
+    func canonicallyEqualNames() async throws {
+        try await Self.withArchives { archives, sandbox in
+            let root = sandbox + "/root"
+            _ = try ArchiveExtractor.extract(archive: archives + "/nfc-nfd.tar.gz", into: root)
+            let top = Set((try FileManager.default.contentsOfDirectory(atPath: root)).map { Array($0.utf8) })
+            #expect(top == [Array("\u{E9}".utf8), Array("e\u{301}".utf8)], "two directories, byte-exact")
+            let realRoot = URL(fileURLWithPath: root).resolvingSymlinksInPath().path
+            for path in Self.tree(root) {
+                let resolved = URL(fileURLWithPath: root + "/" + path).resolvingSymlinksInPath().path
+                #expect(resolved.hasPrefix(realRoot), "\(path) → \(resolved)")
             }
         }
     }

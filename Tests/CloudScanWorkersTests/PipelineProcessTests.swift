@@ -215,4 +215,122 @@ struct PipelineProcessTests {
             }
         }
     }
+
+    @Test(
+        "a scanner cannot read the runner's token or broker URL: not in its environment, and the runner's /proc environ is closed to it (runner and scanner as an unprivileged user)"
+    )
+    func scannersCannotReadTheRunnersSecrets() async throws {
+        try await WritersHarness.run("probe") { h in
+            let scan = try await h.dispatchedScan()
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("probe-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            // A catalog of one "scanner" that does what a hostile one would, as the same user.
+            let probe = directory.appendingPathComponent("probe.sh").path
+            try """
+            #!/bin/sh
+            if cat /proc/$PPID/environ >/dev/null 2>&1; then proc=readable; else proc=denied; fi
+            if env | grep -q 'CLOUDSCAN_RUNNER_TOKEN\\|CLOUDSCAN_BROKER_URL'; then env=inherited; else env=clean; fi
+            echo "$proc $env" > "$PROBE_RESULT"
+            printf '{"version":"2.1.0","runs":[{"tool":{"driver":{"name":"probe"}},"results":[]}]}' > "$1/result.sarif"
+            """.write(toFile: probe, atomically: true, encoding: .utf8)
+            let result = directory.appendingPathComponent("result.txt").path
+            let catalog = directory.appendingPathComponent("catalog.json").path
+            try """
+            {"scanners":[{"name":"probe","scan_type":"sast","command":["sh","{config}/probe.sh","{out}"],
+              "environment":{"PROBE_RESULT":"\(result)"}}]}
+            """.write(toFile: catalog, atomically: true, encoding: .utf8)
+            let archive = directory.appendingPathComponent("a.tar.gz").path
+            #expect(
+                try await runCommand(["tar", "-czf", archive, "-C", TestDatabase.repositoryRoot.path, "Package.swift"])
+                    == 0)
+            // Everything the unprivileged runner touches is open to it.
+            #expect(try await runCommand(["chmod", "-R", "a+rwX", directory.path]) == 0)
+            let runner = try BackgroundCommand(
+                [
+                    "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", Self.binary, "runner",
+                ],
+                environment: [
+                    "CLOUDSCAN_SCAN_ID": scan.uuidString.lowercased(),
+                    "CLOUDSCAN_ORGANIZATION_ID": h.organization.uuidString.lowercased(), "CLOUDSCAN_ATTEMPT": "1",
+                    "CLOUDSCAN_SCAN_TYPES": "sast", "CLOUDSCAN_ARTIFACT_URL": "file://\(archive)",
+                    "CLOUDSCAN_TIMEOUT_SECONDS": "60", "CLOUDSCAN_RUNNER_TOKEN": h.token(scan),
+                    "CLOUDSCAN_BROKER_URL": h.brokerURL, "CLOUDSCAN_SCANNER_CATALOG": catalog,
+                    "TMPDIR": directory.path, "HOME": directory.path, "PATH": "/usr/local/bin:/usr/bin:/bin",
+                ], logFile: directory.appendingPathComponent("runner.log").path)
+            #expect(try await h.eventually(60) { try await h.scanState(scan).status == "completed" })
+            #expect(await runner.wait() == 0)
+            let seen = try String(contentsOfFile: result, encoding: .utf8).trimmingCharacters(
+                in: .whitespacesAndNewlines)
+            #expect(seen == "denied clean", "what the probe could see: \(seen)")
+        }
+    }
+
+    @Test(
+        "the runners' broker user from `cloudscan topology export --runner-user`: publishes findings and status, and nothing else (no commands, no reads, no declarations)"
+    )
+    func runnerBrokerUser() async throws {
+        let id = UUID().uuidString.prefix(8).lowercased()
+        let vhost = "runner-user-\(id)"
+        let user = "cloudscan-runner-\(id)"
+        let password = "runner-password-\(id)-0123456789"
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("runner-user-\(id)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let definitions = directory.appendingPathComponent("definitions.json").path
+        let export = try BackgroundCommand(
+            [Self.binary, "topology", "export", "--vhost", vhost, "--runner-user", user, "--output", definitions],
+            environment: [
+                "RUNNER_AMQP_PASSWORD": password, "PATH": "/usr/bin:/bin",
+                "TOPOLOGY_FILE": TestDatabase.repositoryRoot.appendingPathComponent("topology/topology.json").path,
+            ], logFile: directory.appendingPathComponent("export.log").path)
+        #expect(await export.wait() == 0)
+        #expect(try await TestBroker.rabbitmqctl(["import_definitions", definitions]) == 0)
+        defer {
+            Task {
+                _ = try? await TestBroker.rabbitmqctl(["delete_vhost", vhost])
+                _ = try? await TestBroker.rabbitmqctl(["delete_user", user])
+            }
+        }
+        let script = #"""
+            import pika, sys
+            url, = sys.argv[1:]
+            def attempt(what, action):
+                connection = pika.BlockingConnection(pika.URLParameters(url))
+                channel = connection.channel()
+                channel.confirm_delivery()
+                try:
+                    action(channel)
+                    print(what, "allowed")
+                except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.UnroutableError,
+                        pika.exceptions.NackError) as error:
+                    print(what, "refused", getattr(error, "reply_code", ""))
+                finally:
+                    if connection.is_open:
+                        connection.close()
+            body = b"{}"
+            attempt("findings", lambda c: c.basic_publish("cloudscan.findings", "findings.sast", body))
+            attempt("status", lambda c: c.basic_publish("cloudscan.status", "status.started", body))
+            attempt("commands", lambda c: c.basic_publish("cloudscan.commands", "scan.create", body))
+            attempt("events", lambda c: c.basic_publish("cloudscan.events", "scan.completed", body))
+            attempt("default-exchange", lambda c: c.basic_publish("", "cloudscan.dispatch", body))
+            attempt("findings-other-key", lambda c: c.basic_publish("cloudscan.findings", "scan.create", body))
+            attempt("read", lambda c: c.basic_get("cloudscan.findings.ingest"))
+            attempt("declare", lambda c: c.queue_declare("mine", durable=True))
+            """#
+        let url = "amqp://\(user):\(password)@\(TestBroker.host):\(TestBroker.port)/\(vhost)"
+        let (status, output) = try await runCommandCapturingOutput([
+            TestDatabase.repositoryRoot.appendingPathComponent(".venv/bin/python").path, "-c", script, url,
+        ])
+        #expect(status == 0, "\(output)")
+        let verdicts = Dictionary(
+            output.split(separator: "\n").compactMap { line -> (String, String)? in
+                let parts = line.split(separator: " ")
+                return parts.count >= 2 ? (String(parts[0]), String(parts[1])) : nil
+            }, uniquingKeysWith: { a, _ in a })
+        #expect(verdicts["findings"] == "allowed" && verdicts["status"] == "allowed", "\(output)")
+        for refused in ["commands", "events", "default-exchange", "findings-other-key", "read", "declare"] {
+            #expect(verdicts[refused] == "refused", "\(refused): \(output)")
+        }
+    }
 }

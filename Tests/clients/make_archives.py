@@ -153,6 +153,24 @@ with open(out / "links-then-corrupt.tar", "wb") as handle:
     handle.write(data + b"\0" * ((512 - len(data) % 512) % 512) + b"garbage" * 73 + b"\0" * 1024)
 
 
+# Unicode against Swift's Characters: "/" + a combining mark is one Character but two kernel
+# components; a Prepend character before "/" likewise.
+tar("combining-slash.tar.gz", [member("../\u0301evil-combining.txt", b"escaped\n")])
+tar("prepend-slash.tar.gz", [
+    member("d/", kind=tarfile.DIRTYPE, mode=0o755),
+    member("d/up", kind=tarfile.SYMTYPE, link=".."),
+    member("k\u0600", kind=tarfile.SYMTYPE, link="d/up/.."),
+    member("k\u0600/evil-prepend.txt", b"escaped\n"),
+])
+# Canonically equal, byte-different names (NFC é and NFD e + U+0301) are different directories.
+tar("nfc-nfd.tar.gz", [
+    member("\u00e9/a/", kind=tarfile.DIRTYPE, mode=0o755),
+    member("\u00e9/a/up", kind=tarfile.SYMTYPE, link="../.."),
+    member("e\u0301/a/l", kind=tarfile.SYMTYPE, link="up/../.."),
+    member("e\u0301/a/f.txt", b"nfd\n"),
+])
+
+
 # pax records whose length field lies: shorter than its own prefix, absurd, signed, no newline.
 pax_archive("pax-short.tar", b"1 x")
 pax_archive("pax-huge.tar", b"99999999999999999999999 path=x\n")
