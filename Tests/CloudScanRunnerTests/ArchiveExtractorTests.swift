@@ -6,17 +6,44 @@ import Testing
 /// Archives written by Python's tarfile/zipfile (Tests/clients/make_archives.py), good and malicious.
 @Suite("archive extraction")
 struct ArchiveExtractorTests {
-    /// A fresh directory holding the archives, and a sandbox whose `root/` is the extraction root.
+    /// The archives, written once per test process (the bombs are 64 MiB each to compress, and
+    /// two dozen test cases writing them at once starved every other test of CPU), read-only.
+    actor Fixtures {
+        static let shared = Fixtures()
+        private var made: Task<String, any Error>?
+
+        func directory() async throws -> String {
+            if let made { return try await made.value }
+            let task = Task<String, any Error> {
+                let base = FileManager.default.temporaryDirectory.appendingPathComponent(
+                    "archives-\(UUID().uuidString)"
+                )
+                .path
+                let (status, output) = try await runCommandCapturingOutput([
+                    "python3",
+                    TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/make_archives.py").path,
+                    base,
+                ])
+                guard status == 0 else { throw CommandFailure(output: output) }
+                return base
+            }
+            made = task
+            return try await task.value
+        }
+    }
+
+    struct CommandFailure: Error, CustomStringConvertible {
+        var output: String
+        var description: String { "make_archives.py failed: \(output)" }
+    }
+
+    /// The shared archives, and a fresh sandbox whose `root/` is the extraction root.
     static func withArchives(_ body: (_ archives: String, _ sandbox: String) throws -> Void) async throws {
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("arch-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: base) }
-        let (status, output) = try await runCommandCapturingOutput([
-            "python3", TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/make_archives.py").path,
-            base + "/archives",
-        ])
-        #expect(status == 0, "\(output)")
-        try FileManager.default.createDirectory(atPath: base + "/sandbox", withIntermediateDirectories: true)
-        try body(base + "/archives", base + "/sandbox")
+        let archives = try await Fixtures.shared.directory()
+        let sandbox = FileManager.default.temporaryDirectory.appendingPathComponent("arch-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: sandbox) }
+        try FileManager.default.createDirectory(atPath: sandbox, withIntermediateDirectories: true)
+        try body(archives, sandbox)
     }
 
     /// Whether anything (a dangling link too) is at `path`.

@@ -161,7 +161,9 @@ struct PipelineProcessTests {
             ("zip-slip.zip", "archive_path_escape"),
             ("nested-links.tar", "archive_link_escape"),
             ("link-through-link.tar.gz", "archive_link_escape"),
-            ("pax-short.tar", "archive_corrupt"),
+            // A damaged local file reads as one that is not there (no oracle on host files); the
+            // point is that the runner reports it instead of trapping.
+            ("pax-short.tar", "artifact_unavailable"),
         ])
     func runnerRefusesMaliciousArchive(archive: String, expected: String) async throws {
         try await WritersHarness.run("runbad") { h in
@@ -170,7 +172,8 @@ struct PipelineProcessTests {
             defer { try? FileManager.default.removeItem(at: directory) }
             let escapeName = "cloudscan-escape-\(UUID().uuidString.prefix(8))"
             let (made, output) = try await runCommandCapturingOutput([
-                "python3", TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/make_archives.py").path,
+                "env", "NO_BOMBS=1", "python3",
+                TestDatabase.repositoryRoot.appendingPathComponent("Tests/clients/make_archives.py").path,
                 directory.path, escapeName,
             ])
             #expect(made == 0, "\(output)")

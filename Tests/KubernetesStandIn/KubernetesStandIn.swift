@@ -31,7 +31,8 @@ public final class KubernetesStandIn: Sendable {
             configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: nil),
             onServerRunning: { channel in port.set(channel.localAddress?.port) }, logger: logger)
         let task = Task { try await application.runService(gracefulShutdownSignals: []) }
-        let deadline = ContinuousClock.now + .seconds(10)
+        // Generous: on 2 cores a parallel test run can keep the server's first accept waiting.
+        let deadline = ContinuousClock.now + .seconds(60)
         while port.get() == nil {
             guard ContinuousClock.now < deadline else {
                 task.cancel()
