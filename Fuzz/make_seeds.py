@@ -11,11 +11,15 @@ import hmac
 import io
 import json
 import shutil
+import sys
 import tarfile
 import time
 import uuid
 import zipfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "Tests" / "clients"))
+from raw_tar import pax_tar  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent / "corpus"
 ORG = "6f1c2b3a-0d4e-4f5a-8b6c-7d8e9f0a1b2c"
@@ -71,28 +75,9 @@ hostile = [
 ]
 
 
-def pax_raw(records):
-    def header(name, typeflag, size):
-        h = bytearray(512)
-        h[0:len(name)] = name
-        h[100:108] = b"0000644\0"
-        h[108:116] = b"0000000\0"
-        h[116:124] = b"0000000\0"
-        h[124:136] = b"%011o\0" % size
-        h[136:148] = b"%011o\0" % 0
-        h[156] = ord(typeflag)
-        h[257:263] = b"ustar\0"
-        h[263:265] = b"00"
-        h[148:156] = b" " * 8
-        h[148:156] = b"%06o\0 " % sum(h)
-        return bytes(h)
-    pad = b"\0" * ((512 - len(records) % 512) % 512)
-    return header(b"PaxHeader/f", "x", len(records)) + records + pad + header(b"f", "0", 0) + b"\0" * 1024
-
-
 tars = [tar_bytes(good), tar_bytes(good, tarfile.GNU_FORMAT), tar_bytes(good, tarfile.USTAR_FORMAT),
         tar_bytes(long_names), tar_bytes(long_names, tarfile.GNU_FORMAT)] + [tar_bytes(h) for h in hostile] + [
-    pax_raw(b"1 x"), pax_raw(b"12 path=abc\n"), pax_raw(b"99999999999999999999 path=x\n"), pax_raw(b"16 size=99999\n")]
+    pax_tar(b"1 x"), pax_tar(b"12 path=abc\n"), pax_tar(b"99999999999999999999 path=x\n"), pax_tar(b"16 size=99999\n")]
 
 
 def zip_bytes(entries, method=zipfile.ZIP_DEFLATED):
@@ -124,7 +109,7 @@ put = target("extract")
 for data in tars + zips:
     put(data)
 for data in tars[:3] + [tar_bytes(h) for h in hostile[:4]]:
-    put(gzip.compress(data), "tgz")
+    put(gzip.compress(data, mtime=0), "tgz")
 
 # Messages ---------------------------------------------------------------------------------
 

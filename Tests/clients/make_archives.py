@@ -12,6 +12,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from raw_tar import pax_tar
+
 out = Path(sys.argv[1])
 escape_name = sys.argv[2] if len(sys.argv) > 2 else "cloudscan-escape"
 out.mkdir(parents=True, exist_ok=True)
@@ -117,28 +119,8 @@ tar("dir-under-link.tar.gz", [
 ])
 
 
-def raw_header(name, typeflag, size):
-    """A ustar header by hand, for records tarfile will not write."""
-    header = bytearray(512)
-    header[0:len(name)] = name
-    header[100:108] = b"0000644\0"
-    header[108:116] = b"0000000\0"
-    header[116:124] = b"0000000\0"
-    header[124:136] = b"%011o\0" % size
-    header[136:148] = b"%011o\0" % 0
-    header[156] = ord(typeflag)
-    header[257:263] = b"ustar\0"
-    header[263:265] = b"00"
-    header[148:156] = b" " * 8
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
-
-
 def pax_archive(name, records):
-    padding = b"\0" * ((512 - len(records) % 512) % 512)
-    body = raw_header(b"PaxHeader/f.txt", "x", len(records)) + records + padding
-    body += raw_header(b"f.txt", "0", 0) + b"\0" * 1024
-    (out / name).write_bytes(body)
+    (out / name).write_bytes(pax_tar(records))
 
 
 # Links that escape only together, then a damaged header: the archive is refused before the
