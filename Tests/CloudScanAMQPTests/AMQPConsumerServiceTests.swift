@@ -120,3 +120,17 @@ struct AMQPConsumerServiceTests {
         try await topology.delete(broker: broker)
     }
 }
+
+@Suite("delay-tier bookkeeping from outside")
+struct DelayCountTests {
+    @Test(
+        "x-cloudscan-delays is a count only when it is a small non-negative number; anything else counts 0 (no overflow, no negative index)",
+        arguments: [
+            ("3", 3), ("0", 0), ("-1", 0), ("9223372036854775807", 0), ("999999", 999_999), ("1000000", 0),
+            ("x", 0), ("", 0), (" 2", 0),
+        ])
+    func counted(header: String, count: Int) {
+        #expect(AMQPConsumerService.delayCount(["x-cloudscan-delays": header]) == count)
+        #expect(AMQPConsumerService.delayCount([:]) == 0)
+    }
+}

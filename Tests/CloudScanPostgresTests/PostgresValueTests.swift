@@ -97,3 +97,17 @@ struct PostgresValueTests {
         #expect(String(decoding: out, as: UTF8.self) == "plain\ttab\\there\tnew\\nline\tback\\\\slash\t\\N\t42\n")
     }
 }
+
+@Suite("Timestamps from outside")
+struct PostgresTimestampBoundsTests {
+    @Test(
+        "any Double a Date may hold is written without trapping, clamped to PostgreSQL's years 1–9999",
+        arguments: [
+            (1e19, "9999-12-31 23:59:59.000000+00"), (9.3e18, "9999-12-31 23:59:59.000000+00"),
+            (6.78e16, "9999-12-31 23:59:59.000000+00"), (-1e19, "0001-01-01 00:00:00.000000+00"),
+            (Double.infinity, "9999-12-31 23:59:59.000000+00"), (Double.nan, "1970-01-01 00:00:00.000000+00"),
+        ])
+    func clamped(seconds: Double, text: String) {
+        #expect(PostgresTimestamp.format(Date(timeIntervalSince1970: seconds)) == text)
+    }
+}
